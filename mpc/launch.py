@@ -1,0 +1,177 @@
+"""Run one callable per party: as threads over queues, or as processes over TCP+TLS.
+
+`roles[i]` is what endpoint i runs, called with its `Runtime`; the launchers return the
+roles' results in order or raise the first failure, and never wait forever: every party
+has the channel timeout, and the process launcher also has an overall deadline.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mpc.errors import PeerLost, SottovoceError
+from mpc.net.certs import TlsFiles, make_certificates
+from mpc.net.inprocess import InProcessNetwork
+from mpc.runtime import RunConfig, Runtime, make_runtime
+
+Role = Callable[[Runtime], Any]
+
+
+class PartyFailed(SottovoceError):
+    """A party's role raised; the message names the party and carries its error."""
+
+    def __init__(self, party_id: int, error: BaseException | str) -> None:
+        self.party_id = party_id
+        self.error = error
+        super().__init__(f"party {party_id} failed: {error}")
+
+
+def _first_failure(errors: dict[int, BaseException]) -> tuple[int, BaseException]:
+    """The root cause: prefer a party that failed on its own over one that lost a peer."""
+    own = {p: e for p, e in errors.items() if not isinstance(e, PeerLost)}
+    pool = own or errors
+    party = min(pool)
+    return party, pool[party]
+
+
+def run_threads(roles: Sequence[Role], config: RunConfig) -> list[Any]:
+    """Run every role in a thread of this process, linked by in-process queues."""
+    network = InProcessNetwork(len(roles))
+    results: list[Any] = [None] * len(roles)
+    errors: dict[int, BaseException] = {}
+
+    def body(party: int) -> None:
+        channel = network.channel(party, timeout=config.timeout)
+        try:
+            results[party] = roles[party](make_runtime(channel, config))
+        except BaseException as exc:  # reported to the caller below
+            errors[party] = exc
+        finally:
+            channel.close()
+
+    threads = [threading.Thread(target=body, args=(p,), name=f"party-{p}", daemon=True)
+               for p in range(len(roles))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        party, error = _first_failure(errors)
+        if isinstance(error, SottovoceError):
+            raise error
+        raise PartyFailed(party, error) from error
+    return results
+
+
+def _process_main(party: int, role: Role, config: RunConfig, tls: TlsFiles,
+                  port_queue: Any, address_conn: Any, result_queue: Any,
+                  connect_timeout: float) -> None:
+    """Entry point of one party process: listen, report the port, connect, run, report."""
+    from mpc.net import tcp
+
+    channel = None
+    try:
+        listener = tcp.listen(("127.0.0.1", 0))
+        port_queue.put((party, listener.getsockname()[1]))
+        if not address_conn.poll(connect_timeout):
+            raise TimeoutError("launcher sent no address list")
+        addresses = address_conn.recv()
+        channel = tcp.connect(party, addresses, tls, listener=listener, timeout=config.timeout,
+                              connect_timeout=connect_timeout)
+        listener.close()
+        result = role(make_runtime(channel, config))
+        result_queue.put((party, "ok", result, channel.traffic))
+    except BaseException as exc:  # sent to the launcher, which raises it
+        try:
+            result_queue.put((party, "error", exc, traceback.format_exc()))
+        except Exception:  # the exception itself does not pickle
+            result_queue.put((party, "error", RuntimeError(repr(exc)), traceback.format_exc()))
+    finally:
+        if channel is not None:
+            channel.close()
+
+
+def run_processes(roles: Sequence[Role], config: RunConfig, cert_dir: str | Path | None = None,
+                  connect_timeout: float = 30.0, deadline: float | None = None) -> list[Any]:
+    """Run every role in its own process, linked by TCP with mutual TLS on loopback.
+
+    Roles must be picklable (module-level functions or functools.partial of them).
+    Certificates are made fresh in `cert_dir` (a temporary folder by default).
+    """
+    n = len(roles)
+    ctx = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="sottovoce-certs-") as tmp:
+        tls = make_certificates(cert_dir or tmp, n)
+        port_queue, result_queue = ctx.Queue(), ctx.Queue()
+        pipes = [ctx.Pipe(duplex=False) for _ in range(n)]
+        procs = [ctx.Process(target=_process_main, name=f"sottovoce-party-{p}", daemon=True,
+                             args=(p, roles[p], config, tls[p], port_queue, pipes[p][0],
+                                   result_queue, connect_timeout))
+                 for p in range(n)]
+        for proc in procs:
+            proc.start()
+        try:
+            return _collect(procs, pipes, port_queue, result_queue, connect_timeout,
+                            deadline if deadline is not None else
+                            connect_timeout + 4 * config.timeout + 120)
+        finally:
+            for proc in procs:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+
+
+def _collect(procs: list, pipes: list, port_queue: Any, result_queue: Any,
+             connect_timeout: float, total_seconds: float) -> list[Any]:
+    n = len(procs)
+    ports: dict[int, int] = {}
+    start = time.monotonic()
+    while len(ports) < n:
+        remaining = connect_timeout + 60 - (time.monotonic() - start)  # spawn imports numpy
+        if remaining <= 0:
+            raise PartyFailed(min(set(range(n)) - ports.keys()), "did not start")
+        try:
+            party, port = port_queue.get(timeout=min(remaining, 1.0))
+            ports[party] = port
+        except Exception:
+            dead = [p for p, proc in enumerate(procs) if p not in ports and not proc.is_alive()]
+            if dead:
+                raise PartyFailed(dead[0], "process exited before it started listening") from None
+    addresses = {p: ("127.0.0.1", ports[p]) for p in range(n)}
+    for _, sender in pipes:
+        sender.send(addresses)
+    results: list[Any] = [None] * n
+    errors: dict[int, BaseException] = {}
+    done: set[int] = set()
+    while len(done) < n:
+        remaining = total_seconds - (time.monotonic() - start)
+        if remaining <= 0:
+            raise PartyFailed(min(set(range(n)) - done), "did not finish before the deadline")
+        try:
+            party, status, value, extra = result_queue.get(timeout=min(remaining, 1.0))
+        except Exception:
+            crashed = [p for p, proc in enumerate(procs)
+                       if p not in done and not proc.is_alive() and proc.exitcode != 0]
+            for p in crashed:
+                errors[p] = PeerLost(f"process exited with code {procs[p].exitcode}")
+                done.add(p)
+            continue
+        done.add(party)
+        if status == "ok":
+            results[party] = value
+        else:
+            errors[party] = value
+    if errors:
+        party, error = _first_failure(errors)
+        if isinstance(error, SottovoceError):
+            raise error
+        raise PartyFailed(party, error)
+    return results

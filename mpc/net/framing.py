@@ -1,0 +1,100 @@
+"""Wire format of one message: a fixed header that says what the payload is, then the bytes.
+
+Header (little-endian): magic b"SV", version, dtype code, ndim, 3 reserved zero bytes,
+sequence number (u64), payload length (u64), then ndim u64 dimensions. The receiver checks
+every field before it allocates anything, so a hostile or corrupt frame is a ProtocolError,
+never an unrelated crash or a huge allocation.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from mpc.errors import ProtocolError
+
+MAGIC = b"SV"
+VERSION = 1
+MAX_NDIM = 8
+DEFAULT_MAX_PAYLOAD = 1 << 32  # 4 GiB: far above any layer of the reference CNN
+
+_HEADER = struct.Struct("<2sBBB3xQQ")
+HEADER_SIZE = _HEADER.size
+
+DTYPES: dict[int, np.dtype] = {
+    1: np.dtype(np.uint64),
+    2: np.dtype(np.uint8),
+    3: np.dtype(np.int64),
+    4: np.dtype(np.float64),
+    5: np.dtype(np.float32),
+    6: np.dtype(np.uint32),
+    7: np.dtype(np.int32),
+}
+_CODES = {dtype: code for code, dtype in DTYPES.items()}
+
+
+def encode_header(array: np.ndarray, sequence: int) -> bytes:
+    """The header bytes for `array` sent as message number `sequence` on its link."""
+    code = _CODES.get(array.dtype)
+    if code is None:
+        raise ProtocolError(f"dtype {array.dtype} cannot be sent; allowed: "
+                            f"{sorted(str(d) for d in _CODES)}")
+    if array.ndim > MAX_NDIM:
+        raise ProtocolError(f"array of {array.ndim} dimensions; at most {MAX_NDIM} can be sent")
+    head = _HEADER.pack(MAGIC, VERSION, code, array.ndim, sequence, array.nbytes)
+    return head + struct.pack(f"<{array.ndim}Q", *array.shape)
+
+
+def encode(array: np.ndarray, sequence: int) -> bytes:
+    """One whole frame (header, shape, payload) as bytes."""
+    array = np.ascontiguousarray(array)
+    return encode_header(array, sequence) + array.tobytes()
+
+
+def decode_header(head: bytes, expected_sequence: int,
+                  max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple[np.dtype, int, int]:
+    """Check a fixed header; return (dtype, ndim, payload length)."""
+    if len(head) != HEADER_SIZE:
+        raise ProtocolError(f"frame header of {len(head)} bytes, expected {HEADER_SIZE}")
+    magic, version, code, ndim, sequence, length = _HEADER.unpack(head)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad frame magic {magic!r}; the peer is not speaking sottovoce")
+    if version != VERSION:
+        raise ProtocolError(f"frame version {version}, this party speaks version {VERSION}")
+    if code not in DTYPES:
+        raise ProtocolError(f"unknown dtype code {code} in frame header")
+    if ndim > MAX_NDIM:
+        raise ProtocolError(f"frame declares {ndim} dimensions; at most {MAX_NDIM}")
+    if sequence != expected_sequence:
+        raise ProtocolError(f"frame sequence {sequence}, expected {expected_sequence}: "
+                            "messages were lost, repeated or reordered")
+    if length > max_payload:
+        raise ProtocolError(f"frame declares {length} payload bytes; the limit is {max_payload}")
+    return DTYPES[code], ndim, length
+
+
+def decode_shape(raw: bytes, ndim: int, dtype: np.dtype, length: int) -> tuple[int, ...]:
+    """Check the shape block against the declared payload length."""
+    if len(raw) != 8 * ndim:
+        raise ProtocolError(f"frame shape block of {len(raw)} bytes, expected {8 * ndim}")
+    shape = struct.unpack(f"<{ndim}Q", raw)
+    count = 1
+    for dim in shape:
+        count *= dim
+    if count * dtype.itemsize != length:
+        raise ProtocolError(f"frame shape {shape} of {dtype} needs {count * dtype.itemsize} "
+                            f"bytes but the header declares {length}")
+    return tuple(int(d) for d in shape)
+
+
+def decode(frame: bytes, expected_sequence: int,
+           max_payload: int = DEFAULT_MAX_PAYLOAD) -> np.ndarray:
+    """Parse one whole frame produced by `encode`."""
+    dtype, ndim, length = decode_header(frame[:HEADER_SIZE], expected_sequence, max_payload)
+    shape_end = HEADER_SIZE + 8 * ndim
+    shape = decode_shape(frame[HEADER_SIZE:shape_end], ndim, dtype, length)
+    payload = frame[shape_end:]
+    if len(payload) != length:
+        raise ProtocolError(f"frame payload of {len(payload)} bytes, header declares {length}")
+    return np.frombuffer(payload, dtype=dtype).reshape(shape)

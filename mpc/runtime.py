@@ -1,0 +1,77 @@
+"""A party's runtime (who it is, its channel, its keys) and launchers that run parties.
+
+No module-level state: a `Runtime` is made by a launcher and handed to the code a party
+runs. Parties agree on pairwise PRG keys over their authenticated channels at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mpc.net.channel import Channel
+from mpc.prg import KEY_BYTES, PRG, shared_key
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings every party of one computation must agree on."""
+
+    n_parties: int
+    timeout: float = 60.0
+    dealer: bool = False  # an extra endpoint with id n_parties supplies preprocessing
+
+
+@dataclass
+class Runtime:
+    """Everything one party needs: its id, its channel, its keys, the shared configuration.
+
+    `party_id` runs over 0..n_parties-1 for compute parties; the dealer, when present, is
+    endpoint `n_parties`.
+    """
+
+    party_id: int
+    config: RunConfig
+    channel: Channel
+    pair_keys: dict[int, bytes]
+    private_prg: PRG = field(default_factory=PRG.fresh)
+
+    @property
+    def n_parties(self) -> int:
+        return self.config.n_parties
+
+    @property
+    def is_dealer(self) -> bool:
+        return self.config.dealer and self.party_id == self.config.n_parties
+
+    @property
+    def dealer_id(self) -> int:
+        if not self.config.dealer:
+            raise ValueError("this computation has no dealer")
+        return self.config.n_parties
+
+    def pair_prg(self, peer: int, purpose: str) -> PRG:
+        """A PRG this party shares with `peer`, independent for each `purpose`."""
+        return PRG(self.pair_keys[peer]).derive(purpose)
+
+
+def agree_pair_keys(channel: Channel) -> dict[int, bytes]:
+    """One fresh key per peer: each side contributes random bytes over the channel.
+
+    The channel is authenticated and encrypted (TLS) or in-process, so the contributions
+    stay between the two parties; each pair's key mixes both sides' randomness.
+    """
+    mine = {peer: os.urandom(KEY_BYTES) for peer in channel.peers}
+    with channel.stage("key agreement"):
+        theirs = channel.exchange({p: np.frombuffer(b, dtype=np.uint8) for p, b in mine.items()})
+    return {peer: shared_key(mine[peer], theirs[peer].tobytes(), channel.party_id, peer)
+            for peer in channel.peers}
+
+
+def make_runtime(channel: Channel, config: RunConfig) -> Runtime:
+    """Agree keys over `channel` and build the party's runtime."""
+    keys = agree_pair_keys(channel)
+    channel.traffic.__init__()  # start-up traffic is not the computation's
+    return Runtime(party_id=channel.party_id, config=config, channel=channel, pair_keys=keys)
