@@ -1,0 +1,99 @@
+"""The `Protocol` interface: the few primitives each scheme implements.
+
+A party's share of a tensor is a uint64 array of shape (components, *shape): one component
+for additive sharing, two for 3-party replicated sharing. Everything structural (reshape,
+indexing, sums) and everything linear with public values works on each component alike, so
+`SecretTensor` does it once for every scheme; only the primitives below differ.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+import numpy as np
+
+from protocols.correlations import Request
+from protocols.ops import Conv2d, MatMul, Mul
+
+BilinearOp = Mul | MatMul | Conv2d
+
+
+def as_ring(value: object) -> np.ndarray:
+    """A public value as ring elements: ints wrap mod 2^64, uint64/int64 arrays are viewed."""
+    if isinstance(value, np.ndarray):
+        if value.dtype == np.uint64:
+            return value
+        if value.dtype.kind in "iub":
+            return value.astype(np.int64).astype(np.uint64)
+        raise TypeError(f"public operand of dtype {value.dtype}: encode floats with "
+                        "FixedPoint first")
+    if isinstance(value, int | np.integer):
+        return np.array(int(value) % (1 << 64), dtype=np.uint64)
+    raise TypeError(f"cannot use {type(value).__name__} as a public ring value")
+
+
+class Protocol(ABC):
+    """One party's side of a secret-sharing scheme."""
+
+    name: str = "abstract"
+    components: int = 1
+    needs_dealer: bool = False
+
+    party_id: int
+    n_parties: int
+
+    # -- preprocessing -------------------------------------------------------------------
+    def preprocess(self, plan: list[Request]) -> None:  # noqa: B027 - optional hook
+        """Offline phase: obtain the material `plan` lists (default: none needed)."""
+
+    # -- primitives ----------------------------------------------------------------------
+    @abstractmethod
+    def input(self, value: np.ndarray | None, owner: int, shape: tuple[int, ...]) -> np.ndarray:
+        """Share `value` (ring elements, known to `owner` only) among the parties."""
+
+    @abstractmethod
+    def reveal(self, x: np.ndarray, to: Iterable[int]) -> np.ndarray | None:
+        """Open `x` to the parties in `to` only; the others get None."""
+
+    @abstractmethod
+    def add_public(self, x: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """Shares of x + value for a public `value`."""
+
+    @abstractmethod
+    def bilinear(self, x: np.ndarray, y: np.ndarray, op: BilinearOp) -> np.ndarray:
+        """Shares of op(x, y) for secret x and y (one round)."""
+
+    @abstractmethod
+    def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
+        """Shares of x / 2^frac_bits, floor or one more (|x| < 2^62)."""
+
+    @abstractmethod
+    def ltz(self, x: np.ndarray) -> np.ndarray:
+        """Shares of the bit [x < 0] as a ring element."""
+
+    @abstractmethod
+    def relu(self, x: np.ndarray) -> np.ndarray:
+        """Shares of max(x, 0)."""
+
+    # -- helpers -------------------------------------------------------------------------
+    def check_reveal_targets(self, to: Iterable[int]) -> tuple[int, ...]:
+        targets = tuple(sorted(set(to)))
+        if not targets:
+            raise ValueError("reveal to nobody: name the parties that may learn the value")
+        bad = [t for t in targets if not 0 <= t < self.n_parties]
+        if bad:
+            raise ValueError(f"cannot reveal to party {bad[0]}: parties are 0..{self.n_parties - 1}")
+        return targets
+
+    def check_owner(self, owner: int, value: np.ndarray | None, shape: tuple) -> np.ndarray | None:
+        if not 0 <= owner < self.n_parties:
+            raise ValueError(f"input owner {owner} is not a party (0..{self.n_parties - 1})")
+        if self.party_id == owner:
+            if value is None:
+                raise ValueError(f"party {owner} owns this input but passed no value")
+            value = as_ring(np.asarray(value))
+            if value.shape != tuple(shape):
+                raise ValueError(f"input of shape {value.shape}, declared {tuple(shape)}")
+            return value
+        return None

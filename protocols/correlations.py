@@ -1,0 +1,165 @@
+"""Correlated randomness: what each preprocessing request contains, and how it is made.
+
+A request names a kind and the shapes it serves. Its material is a set of fields, each
+shared additively (arithmetic, mod 2^64) or by XOR (boolean words). Free fields are
+random: every party expands its share from the PRG it shares with the dealer. Dependent
+fields (a Beaver product, the bits of a mask) are fixed by the free ones: all parties but
+the last expand their share too, and the last receives a correction from the dealer. So the
+dealer sends one array per dependent field to one party, and nothing to the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpc.prg import PRG
+from protocols import bitslice
+from protocols.ops import Conv2d, MatMul, Mul
+
+ARITH, BOOL = "arith", "bool"
+MSB = np.uint64(63)
+LOW_MASK = np.uint64((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One item of preprocessing: `kind` in {"triple", "trunc", "ltz", "relu"}.
+
+    triple: op, shape of the left operand, shape of the right operand.
+    trunc: shape, fractional bits. ltz/relu: shape (one comparison per element).
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+    other: tuple[int, ...] = ()
+    op: Mul | MatMul | Conv2d | None = None
+    frac_bits: int = 0
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    domain: str  # ARITH or BOOL
+    shape: tuple[int, ...]
+
+
+def comparison_tree(levels_from: int = 32) -> list[int]:
+    """Group counts level by level: 63 low bits make 32 groups after the free pair level,
+    then halve (an odd top group passes through) down to one."""
+    counts = [levels_from]
+    while counts[-1] > 1:
+        counts.append((counts[-1] + 1) // 2)
+    return counts
+
+
+def and_gates_per_comparison() -> int:
+    """Two ANDs per combine (generate and propagate) over the tree above."""
+    return sum(2 * (c // 2) for c in comparison_tree()[:-1])
+
+
+def fields(request: Request) -> tuple[list[Field], list[Field]]:
+    """The (free, dependent) fields of a request, in the order they are drawn."""
+    kind, shape = request.kind, request.shape
+    if kind == "triple":
+        out = request.op.out_shape(request.shape, request.other)
+        return ([Field("a", ARITH, shape), Field("b", ARITH, request.other)],
+                [Field("c", ARITH, out)])
+    if kind == "trunc":
+        return ([Field("r", ARITH, shape)],
+                [Field("r_msb", ARITH, shape), Field("r_low_shifted", ARITH, shape)])
+    if kind in ("ltz", "relu"):
+        words = bitslice.words_for(request.size)
+        gates = and_gates_per_comparison()
+        free = [Field("r", ARITH, (request.size,)), Field("rho_bits", BOOL, (words,)),
+                Field("and_a", BOOL, (gates, words)), Field("and_b", BOOL, (gates, words))]
+        dependent = [Field("r_bits", BOOL, (64, words)), Field("pair_products", BOOL, (31, words)),
+                     Field("and_c", BOOL, (gates, words)), Field("rho", ARITH, (request.size,))]
+        if kind == "relu":
+            free.append(Field("x_mask", ARITH, (request.size,)))
+            dependent.append(Field("x_mask_rho", ARITH, (request.size,)))
+        return free, dependent
+    raise ValueError(f"unknown preprocessing kind {kind!r}")
+
+
+def _dependent_values(request: Request, v: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    kind = request.kind
+    if kind == "triple":
+        return {"c": request.op(v["a"], v["b"])}
+    if kind == "trunc":
+        r = v["r"]
+        return {"r_msb": r >> MSB, "r_low_shifted": (r & LOW_MASK) >> np.uint64(request.frac_bits)}
+    bits = bitslice.slice_bits(v["r"])
+    rho = bitslice.unslice_bit(v["rho_bits"], request.size)
+    out = {"r_bits": bits, "pair_products": bits[1:62:2] & bits[0:62:2],
+           "and_c": v["and_a"] & v["and_b"], "rho": rho}
+    if kind == "relu":
+        out["x_mask_rho"] = v["x_mask"] * rho
+    return out
+
+
+def _draw(prg: PRG, field: Field) -> np.ndarray:
+    return prg.ring_elements(field.shape)
+
+
+def _combine(domain: str, shares: list[np.ndarray]) -> np.ndarray:
+    total = shares[0].copy()
+    for share in shares[1:]:
+        if domain == ARITH:
+            total += share
+        else:
+            total ^= share
+    return total
+
+
+def deal(request: Request, prgs: list[PRG]) -> list[np.ndarray]:
+    """The dealer's side: the corrections the last party receives, one per dependent field."""
+    free, dependent = fields(request)
+    values = {f.name: _combine(f.domain, [_draw(p, f) for p in prgs]) for f in free}
+    targets = _dependent_values(request, values)
+    corrections = []
+    for field in dependent:
+        others = [_draw(p, field) for p in prgs[:-1]]
+        target = targets[field.name].reshape(field.shape)
+        if not others:
+            corrections.append(target)
+        elif field.domain == ARITH:
+            corrections.append(target - _combine(ARITH, others))
+        else:
+            corrections.append(target ^ _combine(BOOL, others))
+    return corrections
+
+
+def expand(request: Request, prg: PRG, is_last: bool,
+           corrections: Callable[[Field], np.ndarray]) -> dict[str, np.ndarray]:
+    """A party's side: its shares of every field, drawn in the dealer's order."""
+    free, dependent = fields(request)
+    material = {f.name: _draw(prg, f) for f in free}
+    for field in dependent:
+        material[field.name] = corrections(field) if is_last else _draw(prg, field)
+    return material
+
+
+def correction_words(request: Request) -> int:
+    """How many uint64 words of corrections the dealer sends for `request`."""
+    return sum(int(np.prod(f.shape, dtype=np.int64)) for f in fields(request)[1])
+
+
+def split_corrections(plan: list[Request], flat: np.ndarray) -> Iterator[list[np.ndarray]]:
+    """Cut the dealer's one flat message back into per-request, per-field arrays."""
+    offset = 0
+    for request in plan:
+        arrays = []
+        for field in fields(request)[1]:
+            size = int(np.prod(field.shape, dtype=np.int64))
+            arrays.append(flat[offset:offset + size].reshape(field.shape))
+            offset += size
+        yield arrays
+    if offset != flat.size:
+        raise ValueError(f"dealer sent {flat.size} words, the plan needs {offset}")

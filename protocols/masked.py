@@ -1,0 +1,145 @@
+"""Truncation, comparison and ReLU by masking and opening, among parties holding additive
+shares, with material from a dealer (PROTOCOLS.md, "Truncation" and "Comparison").
+
+Every function takes the group's shares of a flat vector and its material, and returns
+the group's additive shares of the result. One round opens the masked value; comparison
+then runs a carry tree on bit-sliced XOR shares: the lowest level is free (the dealer
+supplies products of neighbouring mask bits), leaving 5 AND rounds, then one round that
+opens the result bit masked by a daBit. Truncation: 1 round; LTZ and ReLU: 7 rounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpc.errors import ProtocolError
+from mpc.net.channel import Channel
+from protocols import bitslice
+from protocols.correlations import ARITH, BOOL, LOW_MASK, MSB, comparison_tree
+
+ELL = 62  # values satisfy |x| < 2^62; y = x + 2^62 then lies in [0, 2^63)
+ONE = np.uint64(1)
+
+
+@dataclass
+class AdditiveGroup:
+    """The parties of a sharing (by id) and this party's place among them."""
+
+    channel: Channel
+    members: tuple[int, ...]
+    me: int  # party id of this party
+
+    @property
+    def first(self) -> bool:
+        """The member that adds public constants."""
+        return self.me == self.members[0]
+
+    def open(self, values: list[tuple[np.ndarray, str]]) -> list[np.ndarray]:
+        """Open several shared arrays to every member in one round (one message a peer)."""
+        flat = [np.ascontiguousarray(v, dtype=np.uint64).reshape(-1) for v, _ in values]
+        message = np.concatenate(flat) if len(flat) > 1 else flat[0]
+        peers = [p for p in self.members if p != self.me]
+        received = self.channel.exchange(dict.fromkeys(peers, message))
+        arith = np.concatenate([np.full(f.size, d == ARITH) for f, (_, d) in
+                                zip(flat, values, strict=True)]) if len(flat) > 1 else None
+        total = message.copy()
+        for peer in peers:
+            other = received[peer]
+            if other.dtype != np.uint64 or other.shape != message.shape:
+                raise ProtocolError(f"party {peer} opened {other.dtype}{other.shape}, "
+                                    f"expected uint64{message.shape}")
+            if arith is None:
+                total = total + other if values[0][1] == ARITH else total ^ other
+            else:
+                total = np.where(arith, total + other, total ^ other)
+        out, offset = [], 0
+        for f, (v, _) in zip(flat, values, strict=True):
+            out.append(total[offset:offset + f.size].reshape(np.shape(v)))
+            offset += f.size
+        return out
+
+    def const(self, value: np.ndarray) -> np.ndarray:
+        """This member's share of a public value: the value for the first, zero otherwise."""
+        return value if self.first else np.zeros_like(value)
+
+
+def trunc(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray], f: int) -> np.ndarray:
+    """Shares of floor(x / 2^f) or one more, for |x| < 2^62 (one round)."""
+    shift = np.uint64(f)
+    y = x + group.const(np.uint64(1 << ELL))
+    r = m["r"]
+    (c,) = group.open([(y + r, ARITH)])
+    c_msb, c_low = c >> MSB, c & LOW_MASK
+    w = group.const(c_msb) + m["r_msb"] - np.uint64(2) * c_msb * m["r_msb"]
+    public = (c_low >> shift) - np.uint64(1 << (ELL - f))
+    return group.const(public) - m["r_low_shifted"] + np.uint64(1 << (63 - f)) * w
+
+
+def _and(group: AdditiveGroup, x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray,
+         c: np.ndarray) -> np.ndarray:
+    """XOR shares of x & y from a boolean Beaver triple (one round)."""
+    d, e = group.open([(x ^ a, BOOL), (y ^ b, BOOL)])
+    return c ^ (d & b) ^ (e & a) ^ group.const(d & e)
+
+
+def msb_bits(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray]) -> np.ndarray:
+    """Bit-sliced XOR shares (one plane of words) of the top bit of each x (6 rounds).
+
+    With c = x + r opened: msb(x) = c_63 ^ r_63 ^ [c_low < r_low]; the borrow comes from a
+    carry tree over (generate, propagate) pairs, top bit down.
+    """
+    (c,) = group.open([(x + m["r"], ARITH)])
+    cp = bitslice.slice_bits(c)
+    nc = ~cp
+    r_bits, pp = m["r_bits"], m["pair_products"]
+    hi, lo = slice(1, 62, 2), slice(0, 62, 2)
+    nch, ncl, rh, rl = nc[hi], nc[lo], r_bits[hi], r_bits[lo]
+    g_pairs = (nch & rh) ^ (ncl & (pp ^ (nch & rl)))
+    p_pairs = pp ^ (ncl & rh) ^ (nch & rl) ^ group.const(nch & ncl)
+    g = np.concatenate([g_pairs, nc[62:63] & r_bits[62:63]])
+    p = np.concatenate([p_pairs, r_bits[62:63] ^ group.const(nc[62:63])])
+    gate = 0
+    for count in comparison_tree()[:-1]:
+        pairs = count // 2
+        g_hi, g_lo = g[1:2 * pairs:2], g[0:2 * pairs:2]
+        p_hi, p_lo = p[1:2 * pairs:2], p[0:2 * pairs:2]
+        rows = slice(gate, gate + 2 * pairs)
+        both = _and(group, np.concatenate([p_hi, p_hi]), np.concatenate([g_lo, p_lo]),
+                    m["and_a"][rows], m["and_b"][rows], m["and_c"][rows])
+        gate += 2 * pairs
+        new_g, new_p = g_hi ^ both[:pairs], both[pairs:]
+        if count % 2:
+            new_g = np.concatenate([new_g, g[-1:]])
+            new_p = np.concatenate([new_p, p[-1:]])
+        g, p = new_g, new_p
+    return g[0] ^ r_bits[63] ^ group.const(cp[63])
+
+
+def ltz(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray]) -> np.ndarray:
+    """Arithmetic shares of [x < 0] (7 rounds)."""
+    bits = msb_bits(group, x, m)
+    (e_words,) = group.open([(bits ^ m["rho_bits"], BOOL)])
+    e = bitslice.unslice_bit(e_words, x.size)
+    return group.const(e) + m["rho"] * (ONE - np.uint64(2) * e)
+
+
+def relu(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray]) -> np.ndarray:
+    """Arithmetic shares of max(x, 0) = x - x * msb(x) (7 rounds): the round that turns the
+    bit arithmetic also opens x minus a mask paired with the daBit, so the product is local."""
+    bits = msb_bits(group, x, m)
+    e_words, d = group.open([(bits ^ m["rho_bits"], BOOL), (x - m["x_mask"], ARITH)])
+    e = bitslice.unslice_bit(e_words, x.size)
+    x_rho = d * m["rho"] + m["x_mask_rho"]
+    x_msb = e * x + (ONE - np.uint64(2) * e) * x_rho
+    return x - x_msb
+
+
+def run(kind: str, group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray],
+        frac_bits: int = 0) -> np.ndarray:
+    """Dispatch a masked sub-protocol on shares of any shape; the result has x's shape."""
+    if kind == "trunc":
+        return trunc(group, x, m, frac_bits)
+    fn = {"ltz": ltz, "relu": relu}[kind]
+    return fn(group, x.reshape(-1), m).reshape(x.shape)

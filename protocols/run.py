@@ -1,0 +1,92 @@
+"""Run a program under a scheme: plan, offline phase (dealer or helper), online phase.
+
+`program(protocol)` is ordinary code over `SecretTensor`s; it runs once on the `Planner`
+to list its preprocessing, then on every party. Offline and online time and traffic are
+measured separately for every party.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mpc.launch import run_processes, run_threads
+from mpc.net.channel import Traffic
+from mpc.runtime import RunConfig, Runtime
+from protocols import store
+from protocols.additive import Additive
+from protocols.base import Protocol
+from protocols.clear import Planner
+from protocols.correlations import Request
+from protocols.replicated import Replicated
+
+SCHEMES: dict[str, type[Protocol]] = {"additive": Additive, "replicated": Replicated}
+DEFAULT_PARTIES = {"additive": 2, "replicated": 3}
+
+Program = Callable[[Protocol], Any]
+
+
+@dataclass
+class PartyReport:
+    """What one party computed and what it cost, offline and online apart."""
+
+    party_id: int
+    result: Any
+    offline: Traffic
+    online: Traffic
+    offline_seconds: float
+    online_seconds: float
+
+
+def plan_of(program: Program, n_parties: int) -> list[Request]:
+    planner = Planner(n_parties)
+    program(planner)
+    return planner.plan
+
+
+def party_role(runtime: Runtime, scheme: str, program: Program,
+               plan: list[Request]) -> PartyReport:
+    protocol = SCHEMES[scheme](runtime)
+    channel = runtime.channel
+    start = time.perf_counter()
+    protocol.preprocess(plan)
+    offline = channel.traffic.copy()
+    middle = time.perf_counter()
+    with channel.stage("online"):
+        result = program(protocol)
+    end = time.perf_counter()
+    return PartyReport(runtime.party_id, result, offline, channel.traffic - offline,
+                       middle - start, end - middle)
+
+
+def dealer_role(runtime: Runtime, plan: list[Request]) -> PartyReport:
+    start = time.perf_counter()
+    n = runtime.n_parties
+    prgs = [runtime.pair_prg(p, "dealer") for p in range(n)]
+    store.serve(plan, prgs, runtime.channel, last_party=n - 1)
+    return PartyReport(runtime.party_id, None, runtime.channel.traffic.copy(), Traffic(),
+                       time.perf_counter() - start, 0.0)
+
+
+def run(scheme: str, program: Program, n_parties: int | None = None,
+        transport: str = "threads", timeout: float = 60.0) -> list[PartyReport]:
+    """Run `program` on every party of `scheme`; reports of the compute parties, then the
+    dealer's if the scheme has one."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; choose from {sorted(SCHEMES)}")
+    n = n_parties or DEFAULT_PARTIES[scheme]
+    cls = SCHEMES[scheme]
+    plan = plan_of(program, n)
+    config = RunConfig(n_parties=n, timeout=timeout, dealer=cls.needs_dealer)
+    roles: list = [functools.partial(party_role, scheme=scheme, program=program, plan=plan)
+                   for _ in range(n)]
+    if cls.needs_dealer:
+        roles.append(functools.partial(dealer_role, plan=plan))
+    if transport == "threads":
+        return run_threads(roles, config)
+    if transport == "tcp":
+        return run_processes(roles, config)
+    raise ValueError(f"unknown transport {transport!r}: 'threads' or 'tcp'")

@@ -1,0 +1,80 @@
+"""Preprocessing material held by one party: consumed in plan order, each item once.
+
+The online phase asks for exactly what the plan listed, in the same order; asking for
+anything else, or for more, is an error rather than a silent reuse of material.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from mpc.errors import PreprocessingError
+from mpc.net.channel import Channel
+from mpc.prg import PRG
+from protocols.correlations import Request, correction_words, deal, expand, split_corrections
+
+
+class MaterialStore:
+    """A queue of (request, material); `take` hands each item out once."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Request, dict[str, np.ndarray]]] = deque()
+        self.used = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, request: Request, material: dict[str, np.ndarray]) -> None:
+        self._items.append((request, material))
+
+    def take(self, request: Request) -> dict[str, np.ndarray]:
+        if not self._items:
+            raise PreprocessingError(
+                f"no preprocessing material left for {request.kind} {request.shape} "
+                f"(item {self.used + 1}); each item is used once, so the computation needs "
+                "more than was planned")
+        planned, material = self._items[0]
+        if planned != request:
+            raise PreprocessingError(
+                f"item {self.used + 1} was planned as {planned.kind} {planned.shape} but the "
+                f"computation asks for {request.kind} {request.shape}: plan and program differ")
+        self._items.popleft()
+        self.used += 1
+        return material
+
+
+def serve(plan: list[Request], prgs: list[PRG], channel: Channel, last_party: int) -> int:
+    """Dealer side of the offline phase: one message of corrections to the last party.
+
+    Returns the number of words sent."""
+    parts = [c.reshape(-1) for request in plan for c in deal(request, prgs)]
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+    with channel.stage("preprocessing"):
+        channel.send(last_party, flat)
+    return flat.size
+
+
+def receive(plan: list[Request], prg: PRG, is_last: bool, channel: Channel,
+            dealer: int) -> MaterialStore:
+    """Party side of the offline phase: expand own shares, take corrections if last."""
+    store = MaterialStore()
+    if is_last:
+        with channel.stage("preprocessing"):
+            flat = channel.recv(dealer)
+        expected = sum(correction_words(r) for r in plan)
+        if flat.dtype != np.uint64 or flat.ndim != 1 or flat.size != expected:
+            raise PreprocessingError(f"dealer sent {flat.dtype}{flat.shape}; the plan needs "
+                                     f"{expected} uint64 words")
+        for request, arrays in zip(plan, split_corrections(plan, flat), strict=True):
+            supply = iter(arrays)
+            store.add(request, expand(request, prg, True, lambda field: next(supply)))
+    else:
+        for request in plan:
+            store.add(request, expand(request, prg, False, _never))
+    return store
+
+
+def _never(field: object) -> np.ndarray:
+    raise AssertionError("only the last party receives corrections")
