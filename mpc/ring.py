@@ -238,13 +238,32 @@ def matmul64_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(_u64(a), _u64(b))
 
 
+@numba.njit(cache=True)
+def _matmul64_tile(
+    a: np.ndarray, b: np.ndarray, out: np.ndarray, i0: int, i1: int, j0: int, j1: int, k0: int,
+    k1: int,
+) -> None:  # pragma: no cover
+    # out[i0:i1, j0:j1] = a[i0:i1, k0:k1] @ b[k0:k1, j0:j1]. A separate serial function over
+    # contiguous row slices with a zero-based inner loop: written inline in the prange body, or
+    # with 2-D indexing from j0, LLVM does not vectorise it (measured 1.2 vs 7 GMAC/s per core).
+    for i in range(i0, i1):
+        out[i, j0:j1] = 0
+    for k in range(k0, k1):
+        brow = b[k, j0:j1]
+        for i in range(i0, i1):
+            aik = a[i, k]
+            orow = out[i, j0:j1]
+            for j in range(orow.shape[0]):
+                orow[j] += aik * brow[j]
+
+
 @numba.njit(cache=True, parallel=True)
 def _matmul64_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     # out[s] = a[:, ks] @ b[ks, :] for the s-th of out.shape[0] slices ks of the inner dimension
     # (partial sums, added by the caller; one slice unless there are too few tiles for the
     # threads). Tiles of 8 rows x 256 columns are spread over the threads; within a tile the
     # k-i-j order reuses each loaded row segment of `b` for 8 rows while the output tile stays
-    # in L1, and the innermost loop is contiguous, so it vectorises.
+    # in L1, and the innermost loop is contiguous.
     nsplit, m, n = out.shape
     kdim = a.shape[1]
     rb = 8
@@ -256,30 +275,32 @@ def _matmul64_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # 
         s = t // (nti * ntj)
         r = t % (nti * ntj)
         i0 = (r // ntj) * rb
-        i1 = min(i0 + rb, m)
         j0 = (r % ntj) * cb
-        j1 = min(j0 + cb, n)
         k0 = s * kchunk
-        k1 = min(k0 + kchunk, kdim)
-        for i in range(i0, i1):
-            for j in range(j0, j1):
-                out[s, i, j] = 0
-        for k in range(k0, k1):
-            for i in range(i0, i1):
-                aik = a[i, k]
-                for j in range(j0, j1):
-                    out[s, i, j] += aik * b[k, j]
+        _matmul64_tile(
+            a, b, out[s], i0, min(i0 + rb, m), j0, min(j0 + cb, n), k0, min(k0 + kchunk, kdim)
+        )
+
+
+#: Below this many multiply-adds the serial kernel is used: at ~7 GMAC/s per core the product
+#: takes well under a millisecond, less than waking (possibly busy) worker threads can save.
+_SERIAL_MACS = 1 << 21
 
 
 def _matmul64_numba_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     m, k = a.shape
     n = b.shape[1]
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    if m * k * n < _SERIAL_MACS or numba.get_num_threads() == 1:
+        out2 = np.empty((m, n), dtype=np.uint64)
+        if out2.size:
+            _matmul64_tile(a, b, out2, 0, m, 0, n, 0, k)
+        return out2
     tiles = -(-m // 8) * -(-n // 256)
     threads = numba.get_num_threads()
     nsplit = threads if tiles < threads and k >= 512 else 1
     out = np.empty((nsplit, m, n), dtype=np.uint64)
-    if out.size:
-        _matmul64_kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+    _matmul64_kernel(a, b, out)
     return out[0] if nsplit == 1 else out.sum(axis=0, dtype=np.uint64)
 
 
@@ -354,21 +375,14 @@ def _matmul64_limbs_nd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def matmul64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b mod 2^64, the default product: the fastest exact implementation for the shape.
+    """a @ b mod 2^64, the default product (batched leading dims broadcast).
 
-    The limb/BLAS method wins once the inner dimension is large enough to amortise splitting
-    the operands and recombining ten products; for very small K (conv1 via im2col, K = 25) the
-    numba kernel is faster. See experiments/benchmarks/ring.py for the measurements.
+    The numba kernel: measured at the reference CNN's shapes it is 5-10x faster than both
+    ``np.matmul`` on uint64 and the float64-limb method, whose ten BLAS products plus operand
+    splitting cost more than the vectorised (AVX-512 vpmullq) integer loop. See
+    experiments/benchmarks/ring.py.
     """
-    a, b, sa, sb = _prep_matmul(a, b)
-    k = a.shape[-1]
-    if k < _NUMBA_BELOW_K or k > LIMB_MAX_K:
-        return _finish_matmul(_batched(_matmul64_numba_2d, a, b), sa, sb)
-    return _finish_matmul(_matmul64_limbs_nd(a, b), sa, sb)
-
-
-#: Inner dimension below which :func:`matmul64` uses the numba kernel (measured).
-_NUMBA_BELOW_K = 64
+    return matmul64_numba(a, b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,30 +533,47 @@ def _rshift128_kernel(a: np.ndarray, n: np.uint64, out: np.ndarray) -> None:  # 
             out[t, 1] = np.uint64(0)
 
 
+@numba.njit(cache=True)
+def _matmul128_tile(
+    alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray, olo: np.ndarray,
+    ohi: np.ndarray, i0: int, i1: int, j0: int, j1: int,
+) -> None:  # pragma: no cover
+    # Limb planes are separate contiguous arrays so that the inner loop vectorises (see
+    # _matmul64_tile for why this is a serial function over row slices).
+    for i in range(i0, i1):
+        olo[i, j0:j1] = 0
+        ohi[i, j0:j1] = 0
+    for k in range(alo.shape[1]):
+        bl = blo[k, j0:j1]
+        bh = bhi[k, j0:j1]
+        for i in range(i0, i1):
+            a0 = alo[i, k]
+            a1 = ahi[i, k]
+            rl = olo[i, j0:j1]
+            rh = ohi[i, j0:j1]
+            for j in range(rl.shape[0]):
+                lo, hi = _mulwide(a0, bl[j])
+                hi += a0 * bh[j] + a1 * bl[j]
+                acc = rl[j] + lo
+                rh[j] += hi + np.uint64(acc < lo)
+                rl[j] = acc
+
+
 @numba.njit(cache=True, parallel=True)
-def _matmul128_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
-    # a: (m, k, 2), b: (k, n, 2), out: (m, n, 2); tiles as in the 64-bit kernel.
-    m, kdim = a.shape[0], a.shape[1]
-    n = b.shape[1]
-    tile = 128
-    ntj = (n + tile - 1) // tile
-    for t in prange(m * ntj):
-        i = t // ntj
-        j0 = (t % ntj) * tile
-        j1 = min(j0 + tile, n)
-        for j in range(j0, j1):
-            out[i, j, 0] = 0
-            out[i, j, 1] = 0
-        for k in range(kdim):
-            a0 = a[i, k, 0]
-            a1 = a[i, k, 1]
-            for j in range(j0, j1):
-                b0 = b[k, j, 0]
-                lo, hi = _mulwide(a0, b0)
-                hi += a0 * b[k, j, 1] + a1 * b0
-                acc = out[i, j, 0] + lo
-                out[i, j, 1] += hi + np.uint64(acc < lo)
-                out[i, j, 0] = acc
+def _matmul128_kernel(
+    alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray, olo: np.ndarray,
+    ohi: np.ndarray,
+) -> None:  # pragma: no cover
+    # Tiles of 8 rows x 256 columns spread over the threads, as in the 64-bit kernel.
+    m, n = olo.shape
+    rb = 8
+    cb = 256
+    nti = (m + rb - 1) // rb
+    ntj = (n + cb - 1) // cb
+    for t in prange(nti * ntj):
+        i0 = (t // ntj) * rb
+        j0 = (t % ntj) * cb
+        _matmul128_tile(alo, ahi, blo, bhi, olo, ohi, i0, min(i0 + rb, m), j0, min(j0 + cb, n))
 
 
 def add128(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -614,10 +645,17 @@ def _prep_matmul128(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _matmul128_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    out = np.empty((a.shape[0], b.shape[1], 2), dtype=np.uint64)
-    if out.size:
-        _matmul128_kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), out)
-    return out
+    m, n = a.shape[0], b.shape[1]
+    olo = np.empty((m, n), dtype=np.uint64)
+    ohi = np.empty((m, n), dtype=np.uint64)
+    if olo.size:
+        planes = [np.ascontiguousarray(x[..., h]) for x in (a, b) for h in (0, 1)]
+        # a 128-bit MAC costs about four 64-bit ones
+        if m * a.shape[1] * n < _SERIAL_MACS // 4 or numba.get_num_threads() == 1:
+            _matmul128_tile(*planes, olo, ohi, 0, m, 0, n)
+        else:
+            _matmul128_kernel(*planes, olo, ohi)
+    return np.stack([olo, ohi], axis=-1)
 
 
 def matmul128(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -650,16 +688,18 @@ def mulhi64(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def add128_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Twin of :func:`add128` in plain numpy."""
     a, b = _u128(a), _u128(b)
-    lo = a[..., 0] + b[..., 0]
-    hi = a[..., 1] + b[..., 1] + (lo < a[..., 0]).astype(np.uint64)
+    with np.errstate(over="ignore"):  # 0-d inputs become numpy scalars, which warn
+        lo = a[..., 0] + b[..., 0]
+        hi = a[..., 1] + b[..., 1] + (lo < a[..., 0]).astype(np.uint64)
     return np.stack([lo, hi], axis=-1)
 
 
 def sub128_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Twin of :func:`sub128` in plain numpy."""
     a, b = _u128(a), _u128(b)
-    lo = a[..., 0] - b[..., 0]
-    hi = a[..., 1] - b[..., 1] - (a[..., 0] < b[..., 0]).astype(np.uint64)
+    with np.errstate(over="ignore"):  # 0-d inputs become numpy scalars, which warn
+        lo = a[..., 0] - b[..., 0]
+        hi = a[..., 1] - b[..., 1] - (a[..., 0] < b[..., 0]).astype(np.uint64)
     return np.stack([lo, hi], axis=-1)
 
 
@@ -672,8 +712,9 @@ def mul128_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Twin of :func:`mul128` in plain numpy."""
     a, b = _u128(a), _u128(b)
     a0, a1, b0, b1 = a[..., 0], a[..., 1], b[..., 0], b[..., 1]
-    lo = a0 * b0
-    hi = mulhi64(a0, b0) + a0 * b1 + a1 * b0
+    with np.errstate(over="ignore"):  # 0-d inputs become numpy scalars, which warn
+        lo = a0 * b0
+        hi = mulhi64(a0, b0) + a0 * b1 + a1 * b0
     return np.stack(np.broadcast_arrays(lo, hi), axis=-1)
 
 

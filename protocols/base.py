@@ -83,7 +83,8 @@ class Protocol(ABC):
             raise ValueError("reveal to nobody: name the parties that may learn the value")
         bad = [t for t in targets if not 0 <= t < self.n_parties]
         if bad:
-            raise ValueError(f"cannot reveal to party {bad[0]}: parties are 0..{self.n_parties - 1}")
+            raise ValueError(f"cannot reveal to party {bad[0]}: "
+                             f"parties are 0..{self.n_parties - 1}")
         return targets
 
     def check_owner(self, owner: int, value: np.ndarray | None, shape: tuple) -> np.ndarray | None:

@@ -7,6 +7,7 @@ anything else, or for more, is an error rather than a silent reuse of material.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -68,12 +69,15 @@ def receive(plan: list[Request], prg: PRG, is_last: bool, channel: Channel,
             raise PreprocessingError(f"dealer sent {flat.dtype}{flat.shape}; the plan needs "
                                      f"{expected} uint64 words")
         for request, arrays in zip(plan, split_corrections(plan, flat), strict=True):
-            supply = iter(arrays)
-            store.add(request, expand(request, prg, True, lambda field: next(supply)))
+            store.add(request, expand(request, prg, True, _supplier(iter(arrays))))
     else:
         for request in plan:
             store.add(request, expand(request, prg, False, _never))
     return store
+
+
+def _supplier(arrays: Iterator[np.ndarray]) -> Callable[[object], np.ndarray]:
+    return lambda field: next(arrays)
 
 
 def _never(field: object) -> np.ndarray:

@@ -19,6 +19,8 @@ VERSION = 1
 MAX_NDIM = 8
 DEFAULT_MAX_PAYLOAD = 1 << 32  # 4 GiB: far above any layer of the reference CNN
 
+_MAX_EXTENT = 1 << 62
+
 _HEADER = struct.Struct("<2sBBB3xQQ")
 HEADER_SIZE = _HEADER.size
 
@@ -80,8 +82,12 @@ def decode_shape(raw: bytes, ndim: int, dtype: np.dtype, length: int) -> tuple[i
         raise ProtocolError(f"frame shape block of {len(raw)} bytes, expected {8 * ndim}")
     shape = struct.unpack(f"<{ndim}Q", raw)
     count = 1
+    extent = 1  # the size with zero dimensions counted as 1: numpy refuses shapes past 2^63
     for dim in shape:
         count *= dim
+        extent *= max(dim, 1)
+    if extent * dtype.itemsize > _MAX_EXTENT:
+        raise ProtocolError(f"frame shape {shape} is too large to be an array")
     if count * dtype.itemsize != length:
         raise ProtocolError(f"frame shape {shape} of {dtype} needs {count * dtype.itemsize} "
                             f"bytes but the header declares {length}")
