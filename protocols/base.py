@@ -77,6 +77,10 @@ class Protocol(ABC):
         """Shares of max(x, 0)."""
 
     # -- helpers -------------------------------------------------------------------------
+    def plays(self, party: int) -> bool:
+        """Whether this process holds `party`'s private inputs (the emulator plays all)."""
+        return self.party_id == party
+
     def check_reveal_targets(self, to: Iterable[int]) -> tuple[int, ...]:
         targets = tuple(sorted(set(to)))
         if not targets:

@@ -28,6 +28,9 @@ class Clear(Protocol):
         self.party_id = 0
         self.n_parties = n_parties
 
+    def plays(self, party: int) -> bool:
+        return True
+
     def input(self, value: np.ndarray | None, owner: int, shape: tuple[int, ...]) -> np.ndarray:
         if value is None:
             raise ValueError("the clear protocol needs every input's value")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,18 +71,25 @@ def dealer_role(runtime: Runtime, plan: list[Request]) -> PartyReport:
                        time.perf_counter() - start, 0.0)
 
 
-def run(scheme: str, program: Program, n_parties: int | None = None,
+def run(scheme: str, program: Program | Sequence[Program], n_parties: int | None = None,
         transport: str = "threads", timeout: float = 60.0) -> list[PartyReport]:
     """Run `program` on every party of `scheme`; reports of the compute parties, then the
-    dealer's if the scheme has one."""
+    dealer's if the scheme has one.
+
+    `program` may be a list with one program per party, so that each party's process
+    receives only its own private inputs; the programs must make the same calls.
+    """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; choose from {sorted(SCHEMES)}")
     n = n_parties or DEFAULT_PARTIES[scheme]
+    programs = list(program) if isinstance(program, Sequence) else [program] * n
+    if len(programs) != n:
+        raise ValueError(f"{len(programs)} programs for {n} parties")
     cls = SCHEMES[scheme]
-    plan = plan_of(program, n)
+    plan = plan_of(programs[0], n)
     config = RunConfig(n_parties=n, timeout=timeout, dealer=cls.needs_dealer)
-    roles: list = [functools.partial(party_role, scheme=scheme, program=program, plan=plan)
-                   for _ in range(n)]
+    roles: list = [functools.partial(party_role, scheme=scheme, program=programs[p], plan=plan)
+                   for p in range(n)]
     if cls.needs_dealer:
         roles.append(functools.partial(dealer_role, plan=plan))
     if transport == "threads":

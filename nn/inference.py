@@ -1,0 +1,121 @@
+"""`classify`: private inference of a `SecureModel` on the client's features.
+
+The client (party 0) inputs the features, the model owner (party 1) the weights; every
+other party sees only the architecture. Only the label is revealed, and only to the client;
+logits are opt-in because they tell the client far more about the model than a label.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from nn.emulator import emulate
+from nn.layers import MODEL_OWNER
+from nn.model import CLIENT, LayerStats, SecureModel, secure_forward
+from protocols.run import DEFAULT_PARTIES, PartyReport, run
+
+
+@dataclass
+class LayerReport:
+    name: str
+    seconds: float
+    rounds: int
+    bytes_sent: tuple[int, ...]  # per party
+    items: int
+    max_error: float | None  # vs the emulator (audit mode only)
+
+
+@dataclass
+class Classification:
+    """Labels for the batch (known to the client) and what the run cost."""
+
+    labels: np.ndarray
+    logits: np.ndarray | None
+    layers: list[LayerReport]
+    parties: list[PartyReport]
+    scheme: str
+
+    @property
+    def online_seconds(self) -> float:
+        return max(p.online_seconds for p in self.parties)
+
+    @property
+    def offline_seconds(self) -> float:
+        return max(p.offline_seconds for p in self.parties)
+
+    @property
+    def online_rounds(self) -> int:
+        return max(p.online.rounds for p in self.parties)
+
+    def bytes_sent(self, phase: str = "online") -> list[int]:
+        return [getattr(p, phase).bytes_sent for p in self.parties]
+
+    def table(self) -> str:
+        """The per-layer report as text."""
+        head = f"{'layer':<12}{'time ms':>9}{'rounds':>8}{'kB sent/party':>16}{'items':>7}" \
+               f"{'max err':>10}"
+        lines = [f"scheme {self.scheme}, {len(self.parties)} parties", head]
+        for r in self.layers:
+            err = "" if r.max_error is None else f"{r.max_error:.2e}"
+            lines.append(f"{r.name:<12}{1e3 * r.seconds:>9.1f}{r.rounds:>8}"
+                         f"{max(r.bytes_sent) / 1e3:>16.1f}{r.items:>7}{err:>10}")
+        lines.append(f"online {self.online_seconds * 1e3:.1f} ms, {self.online_rounds} rounds; "
+                     f"offline {self.offline_seconds * 1e3:.1f} ms; bytes sent online "
+                     f"{self.bytes_sent('online')}, offline {self.bytes_sent('offline')}")
+        return "\n".join(lines)
+
+
+def _party_program(protocol, model: SecureModel, features: np.ndarray | None, batch: int,
+                   reveal_logits: bool, audit: bool):
+    return secure_forward(protocol, model, features, batch, reveal_logits, audit)
+
+
+def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated",
+             n_parties: int | None = None, transport: str = "threads",
+             reveal_logits: bool = False, audit: bool = False,
+             timeout: float = 60.0) -> Classification:
+    """Labels of `features` (float, (batch, *input_shape) or one example) under `scheme`.
+
+    Each party's program gets only what that party owns: the client the encoded features,
+    the model owner the weights, the others the public architecture.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    if features.shape == model.input_shape:
+        features = features[None]
+    if features.shape[1:] != model.input_shape:
+        raise ValueError(f"features of shape {features.shape[1:]}, the model takes "
+                         f"{model.input_shape}")
+    batch = features.shape[0]
+    encoded = model.fixed.encode(features)
+    n = n_parties or DEFAULT_PARTIES[scheme]
+    public = model.public()
+    programs = []
+    for party in range(n):
+        programs.append(functools.partial(
+            _party_program, model=model if party == MODEL_OWNER else public,
+            features=encoded if party == CLIENT else None, batch=batch,
+            reveal_logits=reveal_logits, audit=audit))
+    reports = run(scheme, programs, n_parties=n, transport=transport, timeout=timeout)
+    compute = reports[:n]
+    outputs = [r.result for r in compute]
+    errors: list[float | None] = [None] * len(outputs[CLIENT].layers)
+    if audit:
+        _, emulated = emulate(model, features)
+        decode = model.fixed.decode
+        for k, value in enumerate(outputs[CLIENT].intermediate):
+            errors[k + 2] = float(np.abs(decode(value) - emulated[k]).max())
+    layers = []
+    for k, stat in enumerate(outputs[CLIENT].layers):
+        per_party: list[LayerStats] = [o.layers[k] for o in outputs]
+        layers.append(LayerReport(stat.name, max(s.seconds for s in per_party),
+                                  max(s.rounds for s in per_party),
+                                  tuple(s.bytes_sent for s in per_party),
+                                  max(s.items for s in per_party), errors[k]))
+    logits = outputs[CLIENT].logits
+    return Classification(
+        labels=outputs[CLIENT].labels.astype(np.int64),
+        logits=model.fixed.decode(logits) if logits is not None else None,
+        layers=layers, parties=reports, scheme=scheme)

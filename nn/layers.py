@@ -1,0 +1,174 @@
+"""Secure layers, written once against `SecretTensor` (so against every scheme).
+
+Values are fixed point with `frac_bits` fractional bits. A linear layer multiplies by
+weights at the same scale, adds a bias encoded at twice the scale, and truncates once.
+Pooling by averaging is a local sum: its 1/k factor was folded into the next linear layer
+at import, so it costs no truncation and no communication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from protocols.base import Protocol
+from protocols.functions import maximum
+from protocols.tensor import SecretTensor
+
+MODEL_OWNER = 1
+
+
+@dataclass
+class Layer:
+    """Base: a layer maps a (batch, ...) tensor to another; `out_shape` is per example."""
+
+    name: str
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape
+
+    def share_params(self, protocol: Protocol, owner: int) -> dict[str, SecretTensor]:
+        return {}
+
+    def forward(self, x: SecretTensor, params: dict[str, SecretTensor],
+                frac_bits: int) -> SecretTensor:
+        raise NotImplementedError
+
+    def public(self) -> Layer:
+        """This layer without its private values (what the client may see)."""
+        return self
+
+
+@dataclass
+class _Affine(Layer):
+    """Shared parts of layers with private weights and bias (ring-encoded)."""
+
+    weight: np.ndarray | None = None  # encoded at frac_bits
+    bias: np.ndarray | None = None  # encoded at 2 * frac_bits
+    weight_shape: tuple[int, ...] = ()
+    bias_shape: tuple[int, ...] = ()
+
+    def share_params(self, protocol: Protocol, owner: int) -> dict[str, SecretTensor]:
+        mine = protocol.plays(owner)
+        w = SecretTensor.input(protocol, self.weight if mine else None, owner, self.weight_shape)
+        b = SecretTensor.input(protocol, self.bias if mine else None, owner, self.bias_shape)
+        return {"weight": w, "bias": b}
+
+    def public(self) -> Layer:
+        return replace(self, weight=None, bias=None)
+
+
+@dataclass
+class Conv2d(_Affine):
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        _, _, kh, kw = self.weight_shape
+        h = (shape[1] + 2 * self.padding[0] - kh) // self.stride[0] + 1
+        w = (shape[2] + 2 * self.padding[1] - kw) // self.stride[1] + 1
+        return (self.weight_shape[0], h, w)
+
+    def forward(self, x, params, frac_bits):
+        acc = x.conv2d(params["weight"], self.stride, self.padding)
+        return (acc + _broadcast_bias(params["bias"], acc.shape, axis=1)).trunc(frac_bits)
+
+
+@dataclass
+class Linear(_Affine):
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.weight_shape[1],)
+
+    def forward(self, x, params, frac_bits):
+        acc = x @ params["weight"]  # weight stored transposed: (in, out)
+        return (acc + _broadcast_bias(params["bias"], acc.shape, axis=1)).trunc(frac_bits)
+
+
+def _broadcast_bias(bias: SecretTensor, shape: tuple[int, ...], axis: int) -> SecretTensor:
+    """The bias repeated to `shape` along every axis but `axis` (a local copy of shares)."""
+    view = [1] * len(shape)
+    view[axis] = shape[axis]
+    share = np.broadcast_to(bias.share.reshape(bias.share.shape[0], *view),
+                            (bias.share.shape[0], *shape))
+    return SecretTensor(bias.protocol, np.ascontiguousarray(share))
+
+
+@dataclass
+class ReLU(Layer):
+    def forward(self, x, params, frac_bits):
+        return x.relu()
+
+
+@dataclass
+class Flatten(Layer):
+    def out_shape(self, shape):
+        return (int(np.prod(shape)),)
+
+    def forward(self, x, params, frac_bits):
+        return x.reshape(x.shape[0], -1)
+
+
+@dataclass
+class Pool2d(Layer):
+    """Windows of a (C, H, W) map: `mode` "sum" (average with the factor folded forward)
+    or "max"."""
+
+    kernel: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (2, 2)
+    mode: str = "sum"
+    _index: np.ndarray | None = field(default=None, repr=False)
+
+    def out_shape(self, shape):
+        c, h, w = shape
+        return (c, (h - self.kernel[0]) // self.stride[0] + 1,
+                (w - self.kernel[1]) // self.stride[1] + 1)
+
+    def window_index(self, h: int, w: int) -> np.ndarray:
+        """(Ho*Wo, kh*kw) flat indices of each window's cells."""
+        kh, kw = self.kernel
+        sh, sw = self.stride
+        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+        rows = (np.arange(ho)[:, None] * sh + np.arange(kh)[None, :])  # (ho, kh)
+        cols = (np.arange(wo)[:, None] * sw + np.arange(kw)[None, :])  # (wo, kw)
+        index = rows[:, None, :, None] * w + cols[None, :, None, :]  # (ho, wo, kh, kw)
+        return index.reshape(ho * wo, kh * kw)
+
+    def forward(self, x, params, frac_bits):
+        b, c, h, w = x.shape
+        ho, wo = self.out_shape((c, h, w))[1:]
+        if self.kernel == self.stride and h % self.kernel[0] == 0 and w % self.kernel[1] == 0:
+            kh, kw = self.kernel
+            windows = x.reshape(b, c, ho, kh, wo, kw).transpose(0, 1, 2, 4, 3, 5)
+            windows = windows.reshape(b, c, ho, wo, kh * kw)
+        else:
+            index = self.window_index(h, w)
+            windows = x.reshape(b, c, h * w)[:, :, index].reshape(b, c, ho, wo, -1)
+        if self.mode == "sum":
+            return windows.sum(axis=-1)
+        return maximum(windows)
+
+
+@dataclass
+class Scale(Layer):
+    """Multiply by a public fixed-point factor and truncate: used only when an average's
+    factor has no later linear layer to fold into."""
+
+    factor: float = 1.0
+
+    def forward(self, x, params, frac_bits):
+        encoded = int(round(self.factor * (1 << frac_bits)))
+        return (x * encoded).trunc(frac_bits)
+
+
+@dataclass
+class Reshape(Layer):
+    """Per-example reshape (1-D layers run as 2-D ones with height 1)."""
+
+    shape: tuple[int, ...] = ()
+
+    def out_shape(self, shape):
+        return self.shape
+
+    def forward(self, x, params, frac_bits):
+        return x.reshape(x.shape[0], *self.shape)
