@@ -1,2 +1,150 @@
-def main() -> int:
-    raise SystemExit("not yet")
+"""The `sottovoce` command line: demo, classify, certs, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mpc.errors import SottovoceError
+
+SCHEMES = ("replicated", "additive")
+
+
+def _features(paths: list[Path], config) -> np.ndarray:
+    import audio
+
+    return np.stack([audio.features(audio.load(p, sample_rate=config.sample_rate), config)
+                     for p in paths])
+
+
+def _classify_clips(paths: list[Path], model_path: Path, scheme: str, transport: str,
+                    n_parties: int | None, as_json: bool, expected: dict[str, str] | None
+                    ) -> int:
+    from experiments.modelfile import load_model, plaintext_logits
+    from nn.inference import classify
+
+    t0 = time.perf_counter()
+    loaded = load_model(model_path)
+    features = _features(paths, loaded.feature_config)
+    prep = time.perf_counter() - t0
+    result = classify(loaded.secure, features, scheme=scheme, transport=transport,
+                      n_parties=n_parties)
+    plain = plaintext_logits(loaded, features).argmax(axis=1)
+    labels = loaded.labels
+    count = len(paths)
+    rows = []
+    for k, path in enumerate(paths):
+        rows.append({"clip": path.name, "secure": labels[result.labels[k]],
+                     "plaintext": labels[plain[k]],
+                     "expected": (expected or {}).get(path.name)})
+    summary = {
+        "scheme": scheme, "transport": transport, "clips": count,
+        "parties": len(result.parties), "online_seconds": result.online_seconds,
+        "offline_seconds": result.offline_seconds, "online_rounds": result.online_rounds,
+        "online_bytes_sent": result.bytes_sent("online"),
+        "offline_bytes_sent": result.bytes_sent("offline"),
+        "agree": int(sum(r["secure"] == r["plaintext"] for r in rows)),
+        "load_and_features_seconds": prep,
+    }
+    if as_json:
+        print(json.dumps({"clips": rows, "summary": summary}, indent=2))
+    else:
+        print(f"{'clip':<34}{'secure':>12}{'plaintext':>12}")
+        for r in rows:
+            print(f"{r['clip']:<34}{r['secure']:>12}{r['plaintext']:>12}")
+        print(f"\nscheme {scheme} over {transport} ({summary['parties']} processes "
+              f"incl. dealer)" if scheme == "additive" else
+              f"\nscheme {scheme} over {transport} ({summary['parties']} parties)")
+        print(f"{count} clips in one batch: online {summary['online_seconds'] * 1e3:.0f} ms "
+              f"({summary['online_seconds'] * 1e3 / count:.0f} ms per clip), offline "
+              f"{summary['offline_seconds'] * 1e3:.0f} ms, {summary['online_rounds']} rounds")
+        print(f"bytes sent online per party {summary['online_bytes_sent']}, offline "
+              f"{summary['offline_bytes_sent']}")
+        print(f"secure labels equal plaintext labels on {summary['agree']} of {count} clips")
+    return 0 if summary["agree"] == count else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from experiments.modelfile import BUNDLED_CLIPS, BUNDLED_MODEL
+
+    clips = sorted(BUNDLED_CLIPS.glob("*.wav"))
+    if not clips or not BUNDLED_MODEL.is_file():
+        raise SottovoceError(f"bundled model or clips missing under {BUNDLED_MODEL.parent}")
+    expected = None
+    labels_file = BUNDLED_CLIPS / "labels.json"
+    if labels_file.is_file():
+        raw = json.loads(labels_file.read_text())
+        expected = {k: (v.get("label") if isinstance(v, dict) else v) for k, v in raw.items()}
+    return _classify_clips(clips, BUNDLED_MODEL, args.scheme, args.transport, args.parties,
+                           args.json, expected)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    return _classify_clips([Path(p) for p in args.clips], Path(args.model), args.scheme,
+                           args.transport, args.parties, args.json, None)
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from mpc.net.certs import make_certificates
+
+    files = make_certificates(args.directory, args.parties)
+    for party, tls in files.items():
+        print(f"party {party}: {tls.cert} {tls.key} (CA {tls.ca})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from experiments import bench
+
+    return bench.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sottovoce", description=(
+        "Private speech classification by secure multiparty computation."))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, transport: str) -> None:
+        p.add_argument("--scheme", choices=SCHEMES, default="replicated",
+                       help="replicated: 3PC passive (default); additive: 2PC passive "
+                            "with a dealer")
+        p.add_argument("--parties", type=int, default=None,
+                       help="compute parties (additive only: 2 or more)")
+        p.add_argument("--transport", choices=("tcp", "threads"), default=transport,
+                       help="tcp: one process per party, TCP with mutual TLS on loopback")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    demo = sub.add_parser("demo", help="classify the bundled clips with the bundled model")
+    common(demo, "tcp")
+    demo.set_defaults(fn=cmd_demo)
+    classify = sub.add_parser("classify", help="classify your clips with a model file")
+    classify.add_argument("clips", nargs="+")
+    classify.add_argument("--model", required=True)
+    common(classify, "tcp")
+    classify.set_defaults(fn=cmd_classify)
+    certs = sub.add_parser("certs", help="make a CA and one TLS certificate per party")
+    certs.add_argument("directory")
+    certs.add_argument("--parties", type=int, required=True)
+    certs.set_defaults(fn=cmd_certs)
+    bench = sub.add_parser("bench", help="run the benchmarks (make bench)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(fn=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SottovoceError as exc:
+        print(f"sottovoce: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
