@@ -8,6 +8,7 @@ has the channel timeout, and the process launcher also has an overall deadline.
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import tempfile
 import threading
 import time
@@ -31,6 +32,9 @@ class PartyFailed(SottovoceError):
         self.party_id = party_id
         self.error = error
         super().__init__(f"party {party_id} failed: {error}")
+
+    def __reduce__(self) -> tuple:  # two-argument __init__: pickle by its arguments
+        return (PartyFailed, (self.party_id, self.error))
 
 
 def _first_failure(errors: dict[int, BaseException]) -> tuple[int, BaseException]:
@@ -74,10 +78,12 @@ def _process_main(party: int, role: Role, config: RunConfig, tls: TlsFiles,
                   port_queue: Any, address_conn: Any, result_queue: Any,
                   connect_timeout: float) -> None:
     """Entry point of one party process: listen, report the port, connect, run, report."""
+    from mpc import ring
     from mpc.net import tcp
 
     channel = None
     try:
+        ring.warmup(threads=config.threads)
         listener = tcp.listen(("127.0.0.1", 0))
         port_queue.put((party, listener.getsockname()[1]))
         if not address_conn.poll(connect_timeout):
@@ -87,12 +93,17 @@ def _process_main(party: int, role: Role, config: RunConfig, tls: TlsFiles,
                               connect_timeout=connect_timeout)
         listener.close()
         result = role(make_runtime(channel, config))
+        # the queue pickles in a feeder thread that only prints a failure, leaving the
+        # launcher waiting for its deadline: pickle here so a failure is this party's error
+        pickle.dumps(result)
         result_queue.put((party, "ok", result, channel.traffic))
     except BaseException as exc:  # sent to the launcher, which raises it
+        trace = traceback.format_exc()
         try:
-            result_queue.put((party, "error", exc, traceback.format_exc()))
+            error = pickle.loads(pickle.dumps(exc))
         except Exception:  # the exception itself does not pickle
-            result_queue.put((party, "error", RuntimeError(repr(exc)), traceback.format_exc()))
+            error = RuntimeError(repr(exc))
+        result_queue.put((party, "error", error, trace))
     finally:
         if channel is not None:
             channel.close()

@@ -820,3 +820,18 @@ class Ring:
 
 RING64 = Ring(64)
 RING128 = Ring(128)
+
+
+def warmup(threads: int | None = None) -> None:
+    """Load the compiled kernels (from numba's cache) before any timed work.
+
+    A fresh process pays several hundred milliseconds on its first call of each kernel;
+    party processes call this at start-up so that cost is not charged to the protocol.
+    `threads` caps numba's pool (parties sharing a small machine should not oversubscribe).
+    """
+    if threads is not None:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    small = np.ones((2, 3), dtype=np.uint64)
+    matmul64(small, small.T)
+    big = np.ones((64, 256), dtype=np.uint64)
+    matmul64(big, np.ones((256, 256), dtype=np.uint64))

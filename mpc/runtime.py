@@ -22,6 +22,7 @@ class RunConfig:
     n_parties: int
     timeout: float = 60.0
     dealer: bool = False  # an extra endpoint with id n_parties supplies preprocessing
+    threads: int = 1  # numba threads per party process (parties share this machine's cores)
 
 
 @dataclass
