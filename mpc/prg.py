@@ -55,7 +55,7 @@ class PRG:
         view = memoryview(buffer)
         for start in range(0, n, _CHUNK):
             size = min(_CHUNK, n - start)
-            zero = self._zero if size == _CHUNK else bytes(size)
+            zero = memoryview(self._zero)[:size]  # a slice, not a fresh zero buffer per call
             self._encryptor.update_into(zero, view[start:start + size + 16])
         return buffer[:n]
 

@@ -86,7 +86,7 @@ class Channel:
 
     def _send(self, peer: int, array: np.ndarray) -> None:
         self._check_peer(peer)
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # ascontiguousarray makes 0-d 1-d
         header = framing.encode_header(array, self._send_seq[peer])
         self._send_seq[peer] += 1
         self._send_frame(peer, header, array)

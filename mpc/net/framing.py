@@ -50,7 +50,7 @@ def encode_header(array: np.ndarray, sequence: int) -> bytes:
 
 def encode(array: np.ndarray, sequence: int) -> bytes:
     """One whole frame (header, shape, payload) as bytes."""
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")  # keeps 0-d arrays 0-d
     return encode_header(array, sequence) + array.tobytes()
 
 

@@ -194,7 +194,7 @@ def _accept_all(listener: socket.socket, server_ctx: ssl.SSLContext, expected: s
             _write_frame(sock, np.array([1], dtype=np.uint64), 0)
             sock.settimeout(None)
             result[claimed] = sock
-        except (OSError, ssl.SSLError, ProtocolError, PeerLost) as exc:
+        except (OSError, ssl.SSLError, ValueError, ProtocolError, PeerLost) as exc:
             problems.append(f"refused connection from {peer_address[0]}: {exc}")
             raw.close()
 
