@@ -1,0 +1,80 @@
+"""End to end through the command line: real processes, TCP with mutual TLS on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audio import FeatureConfig
+from experiments.modelfile import BUNDLED_CLIPS, BUNDLED_MODEL
+from experiments.models import reference_cnn
+
+CLI = [sys.executable, "-m", "experiments.cli"]
+
+
+def _sottovoce(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def model_and_clips(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    folder = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(3)
+    module = reference_cnn(3)
+    torch.save({"state_dict": module.state_dict(), "num_classes": 3, "labels": ["a", "b", "c"],
+                "feature_config": FeatureConfig().to_dict(), "architecture": "reference_cnn"},
+               folder / "model.pt")
+    t = np.arange(48000 * 2) / 48000
+    clips = []
+    for k, freq in enumerate((220.0, 440.0, 900.0)):
+        path = folder / f"tone{k}.wav"
+        sf.write(path, 0.3 * np.sin(2 * np.pi * freq * t) * np.exp(-k * t), 48000,
+                 subtype="PCM_16")
+        clips.append(path)
+    return folder / "model.pt", clips
+
+
+@pytest.mark.parametrize("scheme", ["replicated", "additive"])
+def test_classify_over_tcp_matches_plaintext(model_and_clips, scheme: str) -> None:
+    model, clips = model_and_clips
+    done = _sottovoce("classify", *map(str, clips), "--model", str(model), "--scheme", scheme,
+                      "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["summary"]["agree"] == len(clips)
+    assert [c["secure"] for c in out["clips"]] == [c["plaintext"] for c in out["clips"]]
+    assert out["summary"]["online_rounds"] > 0
+    assert all(b > 0 for b in out["summary"]["online_bytes_sent"][:2])
+
+
+def test_demo_labels_equal_plaintext() -> None:
+    assert BUNDLED_MODEL.is_file() and list(BUNDLED_CLIPS.glob("*.wav")), "bundled assets"
+    done = _sottovoce("demo", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["summary"]["agree"] == out["summary"]["clips"] >= 6
+    for clip in out["clips"]:
+        assert clip["secure"] == clip["plaintext"]
+
+
+def test_bad_model_file_is_a_clear_error(tmp_path: Path, model_and_clips) -> None:
+    _, clips = model_and_clips
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    done = _sottovoce("classify", str(clips[0]), "--model", str(bad))
+    assert done.returncode == 2
+    assert "bad.pt" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_missing_clip_is_a_clear_error(model_and_clips, tmp_path: Path) -> None:
+    model, _ = model_and_clips
+    done = _sottovoce("classify", str(tmp_path / "nope.wav"), "--model", str(model))
+    assert done.returncode == 2
+    assert "nope.wav" in done.stderr and "Traceback" not in done.stderr
