@@ -1,0 +1,266 @@
+"""Preprocessing is single-use and follows the plan; the dealer's file mode."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from protocol_helpers import i64, reveal_all, run_clear, secret
+
+from mpc.errors import PreprocessingError
+from mpc.launch import run_threads
+from mpc.runtime import RunConfig
+from protocols import dealer_files
+from protocols.additive import Additive
+from protocols.correlations import Request
+from protocols.ops import MatMul, Mul
+from protocols.replicated import Replicated
+from protocols.run import SCHEMES, dealer_role, party_role, plan_of, run
+from protocols.store import MaterialStore
+
+# -- the store ---------------------------------------------------------------------------------
+
+MUL3 = Request("triple", (3,), (3,), op=Mul())
+TRUNC3 = Request("trunc", (3,), frac_bits=16)
+
+
+def test_material_cannot_be_taken_twice():
+    store = MaterialStore()
+    store.add(MUL3, {"a": np.zeros(3, dtype=np.uint64)})
+    assert len(store) == 1
+    store.take(MUL3)
+    assert len(store) == 0 and store.used == 1
+    with pytest.raises(PreprocessingError, match="no preprocessing material left"):
+        store.take(MUL3)
+
+
+def test_material_is_handed_out_in_plan_order_only():
+    store = MaterialStore()
+    store.add(MUL3, {})
+    store.add(TRUNC3, {})
+    with pytest.raises(PreprocessingError, match="planned as triple .* asks for trunc"):
+        store.take(TRUNC3)
+    with pytest.raises(PreprocessingError, match="plan and program differ"):
+        store.take(Request("triple", (3,), (3,), op=MatMul()))  # same shapes, other op
+    with pytest.raises(PreprocessingError):
+        store.take(Request("trunc", (3,), frac_bits=16))
+    store.take(MUL3)
+    with pytest.raises(PreprocessingError):
+        store.take(Request("trunc", (3,), frac_bits=8))  # same kind and shape, other f
+    store.take(TRUNC3)
+
+
+# -- a program against another program's plan --------------------------------------------------
+
+X = np.array([3, -4, 5], dtype=np.int64) << 16
+
+
+def mul_once(p):
+    x = secret(p, X, 0)
+    return reveal_all((x * x).trunc(16))
+
+
+def mul_twice(p):
+    x = secret(p, X, 0)
+    return reveal_all(((x * x).trunc(16) * x).trunc(16))
+
+
+def compare_instead(p):
+    x = secret(p, X, 0)
+    return reveal_all(x.ltz().trunc(16))
+
+
+def run_with_plan(scheme: str, n_parties: int, program, plan: list[Request]):
+    """Like `protocols.run.run`, but the offline phase deals `plan`, not the program's."""
+    roles = [functools.partial(party_role, scheme=scheme, program=program, plan=plan)
+             for _ in range(n_parties)]
+    needs_dealer = SCHEMES[scheme].needs_dealer
+    if needs_dealer:
+        roles.append(functools.partial(dealer_role, plan=plan))
+    return run_threads(roles, RunConfig(n_parties=n_parties, timeout=20.0,
+                                        dealer=needs_dealer))
+
+
+@pytest.mark.parametrize(("scheme", "n_parties"), [("additive", 2), ("additive", 3),
+                                                    ("replicated", 3)])
+def test_asking_for_more_than_planned_fails(scheme, n_parties):
+    plan = plan_of(mul_once, n_parties)
+    assert run_with_plan(scheme, n_parties, mul_once, plan)  # the plan fits its program
+    with pytest.raises(PreprocessingError, match="no preprocessing material left .* more "
+                                                 "than was planned"):
+        run_with_plan(scheme, n_parties, mul_twice, plan)
+
+
+@pytest.mark.parametrize(("scheme", "n_parties"), [("additive", 2), ("replicated", 3)])
+def test_asking_for_something_else_than_planned_fails(scheme, n_parties):
+    plan = plan_of(mul_once, n_parties)
+    with pytest.raises(PreprocessingError, match="plan and program differ"):
+        run_with_plan(scheme, n_parties, compare_instead, plan)
+
+
+# -- the dealer's files -------------------------------------------------------------------------
+
+F = 16
+XS = np.array([1.5, -2.25, 3.0, -0.5, 0.0, 7.75, -8.0, 0.125], dtype=np.float64)
+YS = np.array([2.0, 1.5, -1.25, -3.0, 4.0, -0.5, -0.25, 16.0], dtype=np.float64)
+
+
+def layer(p):
+    """A small layer: product, truncation, ReLU (and the comparison bit)."""
+    x = secret(p, np.round(XS * (1 << F)).astype(np.int64), 0)
+    y = secret(p, np.round(YS * (1 << F)).astype(np.int64), p.n_parties - 1)
+    product = x * y
+    scaled = product.trunc(F)
+    return (reveal_all(product), reveal_all(scaled), reveal_all(scaled.relu()),
+            reveal_all(scaled.ltz()))
+
+
+def file_party(runtime, program, plan, paths):
+    protocol = Additive(runtime)
+    dealer_files.use_material_file(protocol, paths[runtime.party_id], plan)
+    with runtime.channel.stage("online"):
+        return program(protocol), runtime.channel.traffic.copy()
+
+
+def run_from_files(program, n_parties: int, paths, plan=None):
+    plan = plan_of(program, n_parties) if plan is None else plan
+    roles = [functools.partial(file_party, program=program, plan=plan, paths=paths)
+             for _ in range(n_parties)]
+    return run_threads(roles, RunConfig(n_parties=n_parties, timeout=20.0))
+
+
+def check_layer(result):
+    product, scaled, relu, ltz = result
+    clear_product = run_clear(layer, 2)[0]
+    assert np.array_equal(product, clear_product)  # exact in the ring
+    error = i64(scaled) - (i64(product) >> F)
+    assert set(np.unique(error)) <= {0, 1}
+    assert np.array_equal(i64(relu), np.maximum(i64(scaled), 0))
+    assert np.array_equal(ltz, (i64(scaled) < 0).astype(np.uint64))
+    assert np.abs(i64(scaled) / (1 << F) - XS * YS).max() <= 2.0 ** -F
+
+
+@pytest.mark.parametrize("n_parties", [2, 3])
+def test_material_from_files_runs_a_layer_like_the_networked_dealer(tmp_path, n_parties):
+    plan = plan_of(layer, n_parties)
+    assert [r.kind for r in plan] == ["triple", "trunc", "relu", "ltz"]
+    paths = dealer_files.write_material(plan, n_parties, tmp_path)
+    assert [p.name for p in paths] == [f"party-{i}.material" for i in range(n_parties)]
+
+    from_files = run_from_files(layer, n_parties, paths, plan)
+    networked = run("additive", layer, n_parties=n_parties)[:n_parties]
+    for (result, traffic), report in zip(from_files, networked, strict=True):
+        check_layer(result)
+        check_layer(report.result)
+        assert np.array_equal(result[0], report.result[0])  # the exact part is identical
+        assert traffic.rounds == report.online.rounds  # same online protocol
+    for path in paths:  # every file was consumed, and nothing secret remains
+        assert not path.exists()
+        consumed = path.with_name(path.name + ".consumed")
+        assert consumed.exists() and consumed.stat().st_size == 0
+
+
+def test_a_file_loads_once(tmp_path):
+    plan = plan_of(layer, 2)
+    paths = dealer_files.write_material(plan, 2, tmp_path)
+    store = dealer_files.load_material(paths[1], plan, 1, 2)
+    assert len(store) == len(plan)
+    with pytest.raises(PreprocessingError, match="already consumed"):
+        dealer_files.load_material(paths[1], plan, 1, 2)
+    # ... and a whole run over the half-used directory fails before the online phase
+    with pytest.raises(PreprocessingError, match="already consumed"):
+        run_from_files(layer, 2, paths, plan)
+
+
+def test_files_are_plain_arrays_and_only_the_last_party_gets_corrections(tmp_path):
+    plan = plan_of(layer, 3)
+    paths = dealer_files.write_material(plan, 3, tmp_path)
+    sizes = []
+    for path in paths:
+        with np.load(path, allow_pickle=False) as archive:  # no pickle inside
+            assert set(archive.files) == {"format", "party", "fingerprint", "seed",
+                                          "corrections"}
+            assert archive["seed"].size == 16
+            sizes.append(archive["corrections"].size)
+    assert sizes[0] == sizes[1] == 0 and sizes[2] > 0
+    seeds = [np.load(p)["seed"].tobytes() for p in paths]
+    assert len(set(seeds)) == 3  # a fresh seed per party
+
+
+def test_a_mismatched_plan_is_refused_and_leaves_the_file(tmp_path):
+    plan = plan_of(layer, 2)
+    paths = dealer_files.write_material(plan, 2, tmp_path)
+    other_plan = plan_of(mul_twice, 2)
+    with pytest.raises(PreprocessingError, match=r"party-0\.material.*different plan"):
+        dealer_files.load_material(paths[0], other_plan, 0, 2)
+    reordered = plan[1:] + plan[:1]
+    with pytest.raises(PreprocessingError, match="different plan"):
+        dealer_files.load_material(paths[0], reordered, 0, 2)
+    resized = [Request("triple", (9,), (9,), op=Mul()), *plan[1:]]
+    with pytest.raises(PreprocessingError, match="different plan"):
+        dealer_files.load_material(paths[1], resized, 1, 2)
+    # a refusal does not consume: the right plan still loads
+    assert len(dealer_files.load_material(paths[0], plan, 0, 2)) == len(plan)
+
+
+def test_a_file_for_another_party_or_party_count_is_refused(tmp_path):
+    plan = plan_of(layer, 2)
+    paths = dealer_files.write_material(plan, 2, tmp_path)
+    with pytest.raises(PreprocessingError, match=r"party-1\.material.* dealt to party 1 of 2, "
+                                                 r"not to party 0 of 2"):
+        dealer_files.load_material(paths[1], plan, 0, 2)
+    with pytest.raises(PreprocessingError, match="not to party 1 of 3"):
+        dealer_files.load_material(paths[1], plan, 1, 3)
+
+
+def rewrite(path, arrays) -> None:
+    with open(path, "wb") as handle:  # a handle: savez would append ".npz" to a name
+        np.savez(handle, **arrays)
+
+
+def test_tampered_files_are_refused(tmp_path):
+    plan = plan_of(layer, 2)
+    paths = dealer_files.write_material(plan, 2, tmp_path)
+    with np.load(paths[1]) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    # corrections cut short
+    short = dict(arrays, corrections=arrays["corrections"][:-1])
+    rewrite(paths[1], short)
+    with pytest.raises(PreprocessingError, match="the plan needs"):
+        dealer_files.load_material(paths[1], plan, 1, 2)
+    # fingerprint altered
+    bad = arrays["fingerprint"].copy()
+    bad[0] ^= 1
+    rewrite(paths[1], dict(arrays, fingerprint=bad))
+    with pytest.raises(PreprocessingError, match="different plan"):
+        dealer_files.load_material(paths[1], plan, 1, 2)
+    # bytes damaged
+    data = bytearray(paths[0].read_bytes())
+    paths[0].write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(PreprocessingError, match=r"party-0\.material is damaged"):
+        dealer_files.load_material(paths[0], plan, 0, 2)
+    # a pickled object array is refused, not unpickled
+    rewrite(paths[0], dict(arrays, seed=np.array([object()], dtype=object)))
+    with pytest.raises(PreprocessingError, match="damaged"):
+        dealer_files.load_material(paths[0], plan, 0, 2)
+
+
+def test_missing_files_and_reused_directories_are_errors(tmp_path):
+    plan = plan_of(layer, 2)
+    with pytest.raises(PreprocessingError, match="does not exist"):
+        dealer_files.load_material(tmp_path / "party-0.material", plan, 0, 2)
+    dealer_files.write_material(plan, 2, tmp_path)
+    with pytest.raises(PreprocessingError, match="already exists"):
+        dealer_files.write_material(plan, 2, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["party-0.material",
+                                                          "party-1.material"]
+
+
+def test_only_dealer_schemes_take_material_files(tmp_path):
+    plan = plan_of(mul_once, 3)
+    paths = dealer_files.write_material(plan, 3, tmp_path)
+    replicated = object.__new__(Replicated)  # no runtime needed to be refused
+    with pytest.raises(TypeError, match="replicated"):
+        dealer_files.use_material_file(replicated, paths[0], plan)
+    assert paths[0].exists()
