@@ -52,12 +52,12 @@ class Additive(Protocol):
 
     def reveal(self, x: np.ndarray, to: Iterable[int]) -> np.ndarray | None:
         targets = self.check_reveal_targets(to)
-        outgoing = {t: x[0] for t in targets if t != self.party_id}
+        outgoing = {t: x[0, ...] for t in targets if t != self.party_id}
         sources = self.others if self.party_id in targets else ()
         received = self.channel.exchange(outgoing, sources)
         if self.party_id not in targets:
             return None
-        total = x[0].copy()
+        total = x[0, ...].copy()
         for peer, share in received.items():
             if share.shape != total.shape or share.dtype != np.uint64:
                 raise ProtocolError(f"party {peer} revealed {share.dtype}{share.shape}, "
@@ -70,7 +70,7 @@ class Additive(Protocol):
 
     def bilinear(self, x: np.ndarray, y: np.ndarray, op: BilinearOp) -> np.ndarray:
         m = self.material.take(Request("triple", x.shape[1:], y.shape[1:], op=op))
-        e, d = self.group.open([(x[0] - m["a"], ARITH), (y[0] - m["b"], ARITH)])
+        e, d = self.group.open([(x[0, ...] - m["a"], ARITH), (y[0, ...] - m["b"], ARITH)])
         z = m["c"] + op(e, m["b"]) + op(m["a"], d)
         if self.group.first:
             z += op(e, d)
@@ -78,7 +78,7 @@ class Additive(Protocol):
 
     def _masked(self, kind: str, x: np.ndarray, **params: int) -> np.ndarray:
         m = self.material.take(Request(kind, x.shape[1:], **params))
-        return masked.run(kind, self.group, x[0], m, **params)[None]
+        return masked.run(kind, self.group, x[0, ...], m, **params)[None]
 
     def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
         return self._masked("trunc", x, frac_bits=frac_bits)

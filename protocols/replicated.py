@@ -90,7 +90,7 @@ class Replicated(Protocol):
         """Party t lacks x_{t+2}; party t+1 holds it as its second component."""
         targets = self.check_reveal_targets(to)
         i = self.party_id
-        outgoing = {self.prev: x[1]} if self.prev in targets else {}
+        outgoing = {self.prev: x[1, ...]} if self.prev in targets else {}
         sources = (self.next,) if i in targets else ()
         received = self.channel.exchange(outgoing, sources)
         if i not in targets:
@@ -98,7 +98,7 @@ class Replicated(Protocol):
         missing = received[self.next]
         if missing.shape != x.shape[1:] or missing.dtype != np.uint64:
             raise ProtocolError(f"party {self.next} revealed {missing.dtype}{missing.shape}")
-        return x[0] + x[1] + missing
+        return x[0, ...] + x[1, ...] + missing
 
     def add_public(self, x: np.ndarray, value: np.ndarray) -> np.ndarray:
         """The constant joins x_0, held by party 0 (first) and party 2 (second)."""
@@ -114,7 +114,7 @@ class Replicated(Protocol):
 
     def bilinear(self, x: np.ndarray, y: np.ndarray, op: BilinearOp) -> np.ndarray:
         """z_i = x_i (y_i + y_{i+1}) + x_{i+1} y_i + zero-share; send z_i to party i-1."""
-        z = op(x[0], y[0] + y[1]) + op(x[1], y[0])
+        z = op(x[0, ...], y[0, ...] + y[1, ...]) + op(x[1, ...], y[0, ...])
         z += self._zero_sharing(z.shape)
         received = self.channel.exchange({self.prev: z}, (self.next,))[self.next]
         if received.shape != z.shape or received.dtype != np.uint64:
@@ -125,7 +125,7 @@ class Replicated(Protocol):
         i = self.party_id
         if i == HELPER:
             return self._reshare(None, x.shape[1:])
-        additive = x[0] + x[1] if i == 0 else x[1]
+        additive = x[0, ...] + x[1, ...] if i == 0 else x[1, ...]
         m = self.material.take(Request(kind, x.shape[1:], **params))
         result = masked.run(kind, self.group, additive, m, **params)
         return self._reshare(result, x.shape[1:])
