@@ -82,6 +82,8 @@ def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated
     Each party's program gets only what that party owns: the client the encoded features,
     the model owner the weights, the others the public architecture.
     """
+    if scheme not in DEFAULT_PARTIES:
+        raise ValueError(f"unknown scheme {scheme!r}; choose from {sorted(DEFAULT_PARTIES)}")
     features = np.asarray(features, dtype=np.float64)
     if features.shape == model.input_shape:
         features = features[None]
