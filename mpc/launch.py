@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mpc import ring
 from mpc.errors import PeerLost, SottovoceError
 from mpc.net.certs import TlsFiles, make_certificates
 from mpc.net.inprocess import InProcessNetwork
@@ -54,6 +55,7 @@ def run_threads(roles: Sequence[Role], config: RunConfig) -> list[Any]:
     def body(party: int) -> None:
         channel = network.channel(party, timeout=config.timeout)
         try:
+            ring.set_threads(config.threads)  # numba's setting is per calling thread
             results[party] = roles[party](make_runtime(channel, config))
         except BaseException as exc:  # reported to the caller below
             errors[party] = exc
@@ -78,7 +80,6 @@ def _process_main(party: int, role: Role, config: RunConfig, tls: TlsFiles,
                   port_queue: Any, address_conn: Any, result_queue: Any,
                   connect_timeout: float) -> None:
     """Entry point of one party process: listen, report the port, connect, run, report."""
-    from mpc import ring
     from mpc.net import tcp
 
     channel = None

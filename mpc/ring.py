@@ -238,7 +238,7 @@ def matmul64_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(_u64(a), _u64(b))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _matmul64_tile(
     a: np.ndarray, b: np.ndarray, out: np.ndarray, i0: int, i1: int, j0: int, j1: int, k0: int,
     k1: int,
@@ -257,7 +257,7 @@ def _matmul64_tile(
                 orow[j] += aik * brow[j]
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _matmul64_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     # out[s] = a[:, ks] @ b[ks, :] for the s-th of out.shape[0] slices ks of the inner dimension
     # (partial sums, added by the caller; one slice unless there are too few tiles for the
@@ -450,7 +450,7 @@ def _flat_pair(
 # turns uint64-int64 arithmetic into float64.
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always")
 def _mulwide(x: np.uint64, y: np.uint64) -> tuple[np.uint64, np.uint64]:  # pragma: no cover
     """Full 64x64 -> 128-bit product (lo, hi) through 32-bit halves."""
     m32 = np.uint64(0xFFFFFFFF)
@@ -469,7 +469,7 @@ def _mulwide(x: np.uint64, y: np.uint64) -> tuple[np.uint64, np.uint64]:  # prag
     return lo, hi
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _add128_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     for t in range(a.shape[0]):
         lo = a[t, 0] + b[t, 0]
@@ -477,7 +477,7 @@ def _add128_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pr
         out[t, 0] = lo
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _sub128_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     for t in range(a.shape[0]):
         borrow = np.uint64(a[t, 0] < b[t, 0])
@@ -485,7 +485,7 @@ def _sub128_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pr
         out[t, 0] = a[t, 0] - b[t, 0]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _neg128_kernel(a: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     zero = np.uint64(0)
     for t in range(a.shape[0]):
@@ -494,7 +494,7 @@ def _neg128_kernel(a: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
         out[t, 0] = zero - a[t, 0]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _mul128_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     # (a1 2^64 + a0)(b1 2^64 + b0) = a0 b0 + 2^64 (a0 b1 + a1 b0) mod 2^128
     for t in range(a.shape[0]):
@@ -503,7 +503,7 @@ def _mul128_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pr
         out[t, 1] = hi + a[t, 0] * b[t, 1] + a[t, 1] * b[t, 0]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _lshift128_kernel(a: np.ndarray, n: np.uint64, out: np.ndarray) -> None:  # pragma: no cover
     # 0 < n < 128 (the wrapper handles 0 and >= 128)
     s64 = np.uint64(64)
@@ -518,7 +518,7 @@ def _lshift128_kernel(a: np.ndarray, n: np.uint64, out: np.ndarray) -> None:  # 
             out[t, 0] = np.uint64(0)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _rshift128_kernel(a: np.ndarray, n: np.uint64, out: np.ndarray) -> None:  # pragma: no cover
     # 0 < n < 128 (the wrapper handles 0 and >= 128)
     s64 = np.uint64(64)
@@ -533,7 +533,7 @@ def _rshift128_kernel(a: np.ndarray, n: np.uint64, out: np.ndarray) -> None:  # 
             out[t, 1] = np.uint64(0)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _matmul128_tile(
     alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray, olo: np.ndarray,
     ohi: np.ndarray, i0: int, i1: int, j0: int, j1: int,
@@ -559,7 +559,7 @@ def _matmul128_tile(
                 rl[j] = acc
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _matmul128_kernel(
     alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray, olo: np.ndarray,
     ohi: np.ndarray,
@@ -830,8 +830,18 @@ def warmup(threads: int | None = None) -> None:
     `threads` caps numba's pool (parties sharing a small machine should not oversubscribe).
     """
     if threads is not None:
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        set_threads(threads)
     small = np.ones((2, 3), dtype=np.uint64)
     matmul64(small, small.T)
     big = np.ones((64, 256), dtype=np.uint64)
     matmul64(big, np.ones((256, 256), dtype=np.uint64))
+
+
+def set_threads(threads: int) -> None:
+    """Cap numba's threads for kernels launched from the calling thread.
+
+    Parties that share a machine's cores should use one each: measured on 2 cores with
+    other work running, a 2-thread product of 16x200 @ 200x2366 took 8.4 ms and a
+    1-thread one 1.6 ms.
+    """
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))

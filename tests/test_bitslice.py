@@ -217,3 +217,10 @@ def test_unknown_kinds_are_refused():
     with pytest.raises(ValueError, match="unknown preprocessing kind"):
         fields(Request("square", (3,)))
     assert {f.domain for f in fields(REQUESTS["ltz"])[0]} == {ARITH, BOOL}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, (1 << 64) - 1), min_size=0, max_size=300))
+def test_slice_bits_kernel_is_bit_exact_with_its_numpy_twin(values):
+    array = np.array(values, dtype=np.uint64)
+    assert np.array_equal(bitslice.slice_bits(array), bitslice.slice_bits_numpy(array))
