@@ -46,6 +46,7 @@ def _classify_clips(paths: list[Path], model_path: Path, scheme: str, transport:
         "scheme": scheme, "transport": transport, "clips": count,
         "parties": len(result.parties), "online_seconds": result.online_seconds,
         "offline_seconds": result.offline_seconds, "online_rounds": result.online_rounds,
+        "setup_seconds": result.setup_seconds, "setup_bytes_sent": result.bytes_sent("setup"),
         "online_bytes_sent": result.bytes_sent("online"),
         "offline_bytes_sent": result.bytes_sent("offline"),
         "agree": int(sum(r["secure"] == r["plaintext"] for r in rows)),
@@ -62,7 +63,8 @@ def _classify_clips(paths: list[Path], model_path: Path, scheme: str, transport:
               f"\nscheme {scheme} over {transport} ({summary['parties']} parties)")
         print(f"{count} clips in one batch: online {summary['online_seconds'] * 1e3:.0f} ms "
               f"({summary['online_seconds'] * 1e3 / count:.0f} ms per clip), offline "
-              f"{summary['offline_seconds'] * 1e3:.0f} ms, {summary['online_rounds']} rounds")
+              f"{summary['offline_seconds'] * 1e3:.0f} ms, {summary['online_rounds']} rounds; "
+              f"model sharing (once per model) {summary['setup_seconds'] * 1e3:.0f} ms")
         print(f"bytes sent online per party {summary['online_bytes_sent']}, offline "
               f"{summary['offline_bytes_sent']}")
         print(f"secure labels equal plaintext labels on {summary['agree']} of {count} clips")

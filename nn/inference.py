@@ -7,14 +7,13 @@ logits are opt-in because they tell the client far more about the model than a l
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from nn.emulator import emulate
 from nn.layers import MODEL_OWNER
-from nn.model import CLIENT, LayerStats, SecureModel, secure_forward
+from nn.model import CLIENT, LayerStats, PrivateInference, SecureModel
 from protocols.run import DEFAULT_PARTIES, PartyReport, run
 
 
@@ -47,6 +46,10 @@ class Classification:
         return max(p.offline_seconds for p in self.parties)
 
     @property
+    def setup_seconds(self) -> float:
+        return max(p.setup_seconds for p in self.parties)
+
+    @property
     def online_rounds(self) -> int:
         return max(p.online.rounds for p in self.parties)
 
@@ -63,14 +66,11 @@ class Classification:
             lines.append(f"{r.name:<12}{1e3 * r.seconds:>9.1f}{r.rounds:>8}"
                          f"{max(r.bytes_sent) / 1e3:>16.1f}{r.items:>7}{err:>10}")
         lines.append(f"online {self.online_seconds * 1e3:.1f} ms, {self.online_rounds} rounds; "
-                     f"offline {self.offline_seconds * 1e3:.1f} ms; bytes sent online "
-                     f"{self.bytes_sent('online')}, offline {self.bytes_sent('offline')}")
+                     f"offline {self.offline_seconds * 1e3:.1f} ms; model sharing (setup, once "
+                     f"per model) {self.setup_seconds * 1e3:.1f} ms")
+        lines.append(f"bytes sent per party: online {self.bytes_sent('online')}, offline "
+                     f"{self.bytes_sent('offline')}, setup {self.bytes_sent('setup')}")
         return "\n".join(lines)
-
-
-def _party_program(protocol, model: SecureModel, features: np.ndarray | None, batch: int,
-                   reveal_logits: bool, audit: bool):
-    return secure_forward(protocol, model, features, batch, reveal_logits, audit)
 
 
 def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated",
@@ -96,8 +96,8 @@ def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated
     public = model.public()
     programs = []
     for party in range(n):
-        programs.append(functools.partial(
-            _party_program, model=model if party == MODEL_OWNER else public,
+        programs.append(PrivateInference(
+            model=model if party == MODEL_OWNER else public,
             features=encoded if party == CLIENT else None, batch=batch,
             reveal_logits=reveal_logits, audit=audit))
     reports = run(scheme, programs, n_parties=n, transport=transport, timeout=timeout)
@@ -108,7 +108,7 @@ def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated
         _, emulated = emulate(model, features)
         decode = model.fixed.decode
         for k, value in enumerate(outputs[CLIENT].intermediate):
-            errors[k + 2] = float(np.abs(decode(value) - emulated[k]).max())
+            errors[k + 2] = float(np.abs(decode(value) - emulated[k]).max())  # after setup+input
     layers = []
     for k, stat in enumerate(outputs[CLIENT].layers):
         per_party: list[LayerStats] = [o.layers[k] for o in outputs]

@@ -62,43 +62,82 @@ class InferenceOutput:
     intermediate: list[np.ndarray] | None = None  # audit mode only
 
 
-def secure_forward(protocol: Protocol, model: SecureModel, features: np.ndarray | None,
-                   batch: int, reveal_logits: bool = False, audit: bool = False
-                   ) -> InferenceOutput:
-    """The program every party runs: share inputs, evaluate layers, reveal the label to
-    the client only. `features` are ring-encoded, present at the client only; weights are
-    present in `model` at the model owner only.
+class _Meter:
+    """Per-layer cost seen by this party: time, rounds, bytes, preprocessing items."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.channel = getattr(protocol, "channel", None)
+        self.material = getattr(protocol, "material", None)
+        self.stats: list[LayerStats] = []
+
+    def _used(self) -> int:
+        return self.material.used if self.material is not None else 0
+
+    def __call__(self, name: str, fn):
+        t0 = time.perf_counter()
+        before = self.channel.traffic.copy() if self.channel else None
+        used = self._used()
+        out = fn()
+        after = self.channel.traffic - before if self.channel else None
+        self.stats.append(LayerStats(name, time.perf_counter() - t0,
+                                     after.rounds if after else 0,
+                                     after.bytes_sent if after else 0, self._used() - used))
+        return out
+
+
+@dataclass
+class PrivateInference:
+    """The program every party runs, in two phases.
+
+    `setup` shares the model owner's weights: it does not depend on the client's clip, so it
+    runs once per model, before the client's features exist (reported apart as "setup").
+    Calling the program then shares the features, evaluates the layers and reveals the
+    label to the client only. `features` (ring-encoded) are present at the client only;
+    weights are present in `model` at the model owner only.
 
     `audit` opens every layer's output to the client to measure drift from the emulator:
     it reveals intermediate activations, so it is for development on one's own data only.
     """
-    f = model.fixed.frac_bits
-    channel = getattr(protocol, "channel", None)
-    material = getattr(protocol, "material", None)
-    stats: list[LayerStats] = []
-    intermediate: list[np.ndarray] | None = [] if audit else None
 
-    def measure(name, fn):
-        t0 = time.perf_counter()
-        before = channel.traffic.copy() if channel else None
-        used = material.used if material is not None else 0
-        out = fn()
-        after = channel.traffic - before if channel else None
-        stats.append(LayerStats(name, time.perf_counter() - t0,
-                                after.rounds if after else 0, after.bytes_sent if after else 0,
-                                (material.used if material is not None else 0) - used))
-        return out
+    model: SecureModel
+    features: np.ndarray | None
+    batch: int
+    reveal_logits: bool = False
+    audit: bool = False
+    _params: list | None = field(default=None, repr=False)
+    _setup_stats: list[LayerStats] = field(default_factory=list, repr=False)
 
-    shape = (batch, *model.input_shape)
-    x = measure("input", lambda: SecretTensor.input(protocol, features, CLIENT, shape))
-    params = measure("weights", lambda: [layer.share_params(protocol, MODEL_OWNER)
-                                         for layer in model.layers])
-    for layer, p in zip(model.layers, params, strict=True):
-        x = measure(layer.name, lambda layer=layer, p=p, x=x: layer.forward(x, p, f))
-        if audit:
-            intermediate.append(x.reveal(CLIENT))
-    logits = x.reshape(batch, -1)
-    label = measure("argmax", lambda: argmax(logits))
-    labels = measure("reveal", lambda: label.reveal(CLIENT))
-    revealed_logits = logits.reveal(CLIENT) if reveal_logits else None
-    return InferenceOutput(labels, revealed_logits, stats, intermediate)
+    def setup(self, protocol: Protocol) -> None:
+        meter = _Meter(protocol)
+        self._params = meter("weights", lambda: [
+            layer.share_params(protocol, MODEL_OWNER) for layer in self.model.layers])
+        self._setup_stats = meter.stats
+
+    def __call__(self, protocol: Protocol) -> InferenceOutput:
+        if self._params is None:
+            raise RuntimeError("PrivateInference.setup must run before the online phase")
+        model, batch = self.model, self.batch
+        f = model.fixed.frac_bits
+        meter = _Meter(protocol)
+        intermediate: list[np.ndarray] | None = [] if self.audit else None
+        shape = (batch, *model.input_shape)
+        x = meter("input", lambda: SecretTensor.input(protocol, self.features, CLIENT, shape))
+        for layer, p in zip(model.layers, self._params, strict=True):
+            x = meter(layer.name, lambda layer=layer, p=p, x=x: layer.forward(x, p, f))
+            if self.audit:
+                intermediate.append(x.reveal(CLIENT))
+        logits = x.reshape(batch, -1)
+        label = meter("argmax", lambda: argmax(logits))
+        labels = meter("reveal", lambda: label.reveal(CLIENT))
+        revealed_logits = logits.reveal(CLIENT) if self.reveal_logits else None
+        return InferenceOutput(labels, revealed_logits, self._setup_stats + meter.stats,
+                               intermediate)
+
+
+def secure_forward(protocol: Protocol, model: SecureModel, features: np.ndarray | None,
+                   batch: int, reveal_logits: bool = False, audit: bool = False
+                   ) -> InferenceOutput:
+    """Both phases of `PrivateInference` in one call (the emulator's path)."""
+    program = PrivateInference(model, features, batch, reveal_logits, audit)
+    program.setup(protocol)
+    return program(protocol)

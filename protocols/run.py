@@ -7,10 +7,11 @@ measured separately for every party.
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mpc.launch import run_processes, run_threads
@@ -39,11 +40,17 @@ class PartyReport:
     online: Traffic
     offline_seconds: float
     online_seconds: float
+    setup: Traffic = field(default_factory=Traffic)
+    setup_seconds: float = 0.0
 
 
 def plan_of(program: Program, n_parties: int) -> list[Request]:
+    """The preprocessing `program` needs (setup and online phases), from a dry run."""
     planner = Planner(n_parties)
-    program(planner)
+    dry_run = copy.deepcopy(program)  # the dry run must not leave state in the real program
+    if hasattr(dry_run, "setup"):
+        dry_run.setup(planner)
+    dry_run(planner)
     return planner.plan
 
 
@@ -55,11 +62,17 @@ def party_role(runtime: Runtime, scheme: str, program: Program,
     protocol.preprocess(plan)
     offline = channel.traffic.copy()
     middle = time.perf_counter()
+    if hasattr(program, "setup"):  # input-independent work of the program, e.g. weights
+        with channel.stage("setup"):
+            program.setup(protocol)
+    setup = channel.traffic - offline
+    after_setup = channel.traffic.copy()
+    online_start = time.perf_counter()
     with channel.stage("online"):
         result = program(protocol)
     end = time.perf_counter()
-    return PartyReport(runtime.party_id, result, offline, channel.traffic - offline,
-                       middle - start, end - middle)
+    return PartyReport(runtime.party_id, result, offline, channel.traffic - after_setup,
+                       middle - start, end - online_start, setup, online_start - middle)
 
 
 def dealer_role(runtime: Runtime, plan: list[Request]) -> PartyReport:

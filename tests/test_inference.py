@@ -78,7 +78,7 @@ def test_reference_cnn_report(reference, runs, scheme):
     _, model, _, _ = reference
     result = runs[scheme]
     names = [r.name for r in result.layers]
-    assert names == ["input", "weights", *(layer.name for layer in model.layers),
+    assert names == ["weights", "input", *(layer.name for layer in model.layers),
                      "argmax", "reveal"]
     table = result.table()
     assert all(name in table for name in names)
@@ -98,8 +98,12 @@ def test_reference_cnn_report(reference, runs, scheme):
             assert row.rounds == 0 and row.bytes_sent == (0,) * n_compute and row.items == 0
     assert sum(isinstance(layer, L.ReLU) for layer in model.layers) == 3
     assert sum(isinstance(layer, L.Pool2d) for layer in model.layers) == 2
-    online = result.online_rounds
-    assert online >= sum(r.rounds for r in result.layers[2:])  # layers after the inputs
+    online = result.online_rounds  # the weights are shared in the setup phase, not online
+    audit_reveals = len(model.layers) if scheme == "replicated" else 0  # one round each
+    assert online == sum(r.rounds for r in result.layers[1:]) + audit_reveals + 1  # + logits
+    assert result.setup_seconds > 0
+    # additive inputs are expanded from seeds (no traffic); replicated sends one share
+    assert (max(result.bytes_sent("setup")) > 0) == (scheme == "replicated")
     assert result.offline_seconds >= 0 and result.online_seconds > 0
 
 
