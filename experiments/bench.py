@@ -19,7 +19,8 @@ ORDER = ["ring", "prg", "transport", "protocols", "network"]
 
 
 def _sections() -> list[str]:
-    found = [m.name for m in pkgutil.iter_modules(benchmarks_pkg.__path__) if not m.name.startswith("_")]
+    found = [m.name for m in pkgutil.iter_modules(benchmarks_pkg.__path__)
+             if not m.name.startswith("_")]
     return sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 

@@ -63,5 +63,6 @@ def run(quick: bool) -> str:
             f"emulator {emu_s * 1e3:.0f} ms. Online time is the slowest party's, from its "
             "first input to the label reaching the client; offline is preprocessing "
             "(dealer or helper P2); setup is the model owner sharing the weights, once per "
-            "model, before any clip exists. Wall time includes process start-up and certificate generation.\n\n"
+            "model, before any clip exists. Wall time includes process start-up and "
+            "certificate generation.\n\n"
             + table(header, rows))
