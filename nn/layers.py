@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from protocols import ops
 from protocols.base import Protocol
 from protocols.functions import maximum
 from protocols.tensor import SecretTensor
@@ -71,8 +72,10 @@ class Conv2d(_Affine):
         return (self.weight_shape[0], h, w)
 
     def forward(self, x, params, frac_bits):
-        acc = x.conv2d(params["weight"], self.stride, self.padding)
-        return (acc + _broadcast_bias(params["bias"], acc.shape, axis=1)).trunc(frac_bits)
+        op = ops.Conv2d(tuple(self.stride), tuple(self.padding))
+        out = op.out_shape(self.weight_shape, x.shape)
+        bias = _broadcast_bias(params["bias"], out, axis=1)
+        return params["weight"].bilinear_trunc(x, op, bias, frac_bits)
 
 
 @dataclass
@@ -81,8 +84,9 @@ class Linear(_Affine):
         return (self.weight_shape[1],)
 
     def forward(self, x, params, frac_bits):
-        acc = x @ params["weight"]  # weight stored transposed: (in, out)
-        return (acc + _broadcast_bias(params["bias"], acc.shape, axis=1)).trunc(frac_bits)
+        out = (x.shape[0], self.weight_shape[1])  # weight stored transposed: (in, out)
+        bias = _broadcast_bias(params["bias"], out, axis=1)
+        return x.bilinear_trunc(params["weight"], ops.MatMul(), bias, frac_bits)
 
 
 def _broadcast_bias(bias: SecretTensor, shape: tuple[int, ...], axis: int) -> SecretTensor:

@@ -68,6 +68,13 @@ class Protocol(ABC):
     def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
         """Shares of x / 2^frac_bits, floor or one more (|x| < 2^62)."""
 
+    def bilinear_trunc(self, x: np.ndarray, y: np.ndarray, op: BilinearOp,
+                       bias: np.ndarray | None, frac_bits: int) -> np.ndarray:
+        """Shares of (op(x, y) + bias) / 2^frac_bits: a linear layer with its one truncation.
+        Schemes that can fuse the product's round with the truncation's override this."""
+        z = self.bilinear(x, y, op)
+        return self.trunc(z if bias is None else z + bias, frac_bits)
+
     @abstractmethod
     def ltz(self, x: np.ndarray) -> np.ndarray:
         """Shares of the bit [x < 0] as a ring element."""

@@ -65,16 +65,26 @@ class AdditiveGroup:
         return value if self.first else np.zeros_like(value)
 
 
-def trunc(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray], f: int) -> np.ndarray:
-    """Shares of floor(x / 2^f) or one more, for |x| < 2^62 (one round)."""
+def trunc_masked(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray]) -> np.ndarray:
+    """This member's share of c = x + 2^62 + r, the value truncation opens."""
+    return x + group.const(np.uint64(1 << ELL)) + m["r"]
+
+
+def trunc_finish(group: AdditiveGroup, c: np.ndarray, m: dict[str, np.ndarray],
+                 f: int) -> np.ndarray:
+    """Shares of x >> f from the opened c (local): the carry out of y + r_low is
+    c_msb ^ r_msb, and y >> f = (c_low >> f) - (r_low >> f) + 2^(63-f) * carry."""
     shift = np.uint64(f)
-    y = x + group.const(np.uint64(1 << ELL))
-    r = m["r"]
-    (c,) = group.open([(y + r, ARITH)])
     c_msb, c_low = c >> MSB, c & LOW_MASK
     w = group.const(c_msb) + m["r_msb"] - np.uint64(2) * c_msb * m["r_msb"]
     public = (c_low >> shift) - np.uint64(1 << (ELL - f))
     return group.const(public) - m["r_low_shifted"] + np.uint64(1 << (63 - f)) * w
+
+
+def trunc(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray], f: int) -> np.ndarray:
+    """Shares of floor(x / 2^f) or one more, for |x| < 2^62 (one round)."""
+    (c,) = group.open([(trunc_masked(group, x, m), ARITH)])
+    return trunc_finish(group, c, m, f)
 
 
 def _and(group: AdditiveGroup, x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray,

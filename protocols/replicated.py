@@ -121,6 +121,33 @@ class Replicated(Protocol):
             raise ProtocolError(f"party {self.next} sent {received.dtype}{received.shape}")
         return np.stack([z, received])
 
+    def bilinear_trunc(self, x: np.ndarray, y: np.ndarray, op: BilinearOp,
+                       bias: np.ndarray | None, frac_bits: int) -> np.ndarray:
+        """Product, bias and truncation in two rounds instead of three.
+
+        The local products (plus bias and a zero-sharing) are a 3-out-of-3 sharing z_0 + z_1
+        + z_2. In one round P2 sends z_2 to P0 and P1 while they swap their masked shares,
+        so both learn c = z + 2^62 + r; then the usual reshare. z_2 carries the zero-sharing
+        term F(k_2) - F(k_0): P0 lacks k_2 and P1 lacks k_0, so to each it is uniform.
+        """
+        i = self.party_id
+        z = op(x[0, ...], y[0, ...] + y[1, ...]) + op(x[1, ...], y[0, ...])
+        z += self._zero_sharing(z.shape)
+        if bias is not None:
+            z += bias[0, ...]  # the bias's x_i component: the three sum to the bias
+        if i == HELPER:
+            self.channel.exchange({0: z, 1: z}, ())
+            return self._reshare(None, z.shape)
+        m = self.material.take(Request("trunc", z.shape, frac_bits=frac_bits))
+        other = PAIR[1 - i]
+        masked_share = masked.trunc_masked(self.group, z, m)
+        got = self.channel.exchange({other: masked_share}, (other, HELPER))
+        for peer, value in got.items():
+            if value.shape != z.shape or value.dtype != np.uint64:
+                raise ProtocolError(f"party {peer} sent {value.dtype}{value.shape}")
+        c = masked_share + got[other] + got[HELPER]
+        return self._reshare(masked.trunc_finish(self.group, c, m, frac_bits), z.shape)
+
     def _masked(self, kind: str, x: np.ndarray, **params: int) -> np.ndarray:
         i = self.party_id
         if i == HELPER:

@@ -133,6 +133,15 @@ class SecretTensor:
         public = as_ring(weight)
         return self._wrap(np.stack([op(public, c) for c in self.share]))
 
+    def bilinear_trunc(self, other: SecretTensor, op: object, bias: SecretTensor | None,
+                       frac_bits: int) -> SecretTensor:
+        """(op(self, other) + bias) / 2^frac_bits with secret operands: a linear layer with
+        its single truncation, fused where the scheme can save a round. `bias` must already
+        have the output's shape."""
+        share = self.protocol.bilinear_trunc(self.share, other.share, op,
+                                             None if bias is None else bias.share, frac_bits)
+        return self._wrap(share)
+
     # -- non-linear ----------------------------------------------------------------------
     def trunc(self, frac_bits: int) -> SecretTensor:
         """Divide by 2^frac_bits (probabilistic: floor or one more)."""
