@@ -100,6 +100,78 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    import socket
+
+    from experiments.deploy import Roles
+    from mpc.cluster import load_cluster, write_cluster
+    from mpc.net.certs import make_certificates
+    from protocols.run import DEFAULT_PARTIES, SCHEMES
+
+    n = args.parties or DEFAULT_PARTIES[args.scheme]
+    total = n + (1 if SCHEMES[args.scheme].needs_dealer else 0) + 2
+    hosts = args.hosts.split(",") if args.hosts else ["127.0.0.1"] * total
+    if len(hosts) != total:
+        raise SottovoceError(f"--hosts names {len(hosts)} hosts; {args.scheme} with {n} "
+                             f"compute parties has {total} roles")
+    if args.base_port:
+        ports = [args.base_port + i for i in range(total)]
+    else:  # free ports on this machine, for a local trial
+        ports = []
+        for _ in range(total):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                ports.append(probe.getsockname()[1])
+    directory = Path(args.directory)
+    make_certificates(directory / "certs", total, hosts=dict(enumerate(hosts)))
+    path = write_cluster(directory / "cluster.toml", total, cert_dir=directory / "certs",
+                         ports=ports, hosts=hosts, timeout=args.timeout,
+                         scheme=args.scheme, compute_parties=n)
+    roles = Roles.of(load_cluster(path))
+    print(f"wrote {path} and certificates in {directory / 'certs'}")
+    print(f"compute parties 0..{n - 1}" + (f", dealer {roles.dealer}" if roles.dealer
+                                           is not None else "") +
+          f", client {roles.client}, model owner {roles.model_owner}")
+    print("copy each role's certificate and key (and ca.pem) to its host only")
+    return 0
+
+
+def cmd_party(args: argparse.Namespace) -> int:
+    from experiments.deploy import compute_party
+
+    compute_party(args.config, args.id)
+    return 0
+
+
+def cmd_dealer(args: argparse.Namespace) -> int:
+    from experiments.deploy import dealer
+
+    dealer(args.config)
+    return 0
+
+
+def cmd_model_owner(args: argparse.Namespace) -> int:
+    from experiments.deploy import model_owner
+    from experiments.modelfile import load_model
+
+    loaded = load_model(args.model)
+    model_owner(args.config, loaded.secure, loaded.feature_config.to_dict())
+    return 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from experiments.deploy import client
+
+    labels = client(args.config, args.clips)
+    if args.json:
+        print(json.dumps({"clips": [{"clip": Path(c).name, "label": label}
+                                    for c, label in zip(args.clips, labels, strict=True)]}))
+    else:
+        for clip, label in zip(args.clips, labels, strict=True):
+            print(f"{Path(clip).name}: {label}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from experiments import bench
 
@@ -133,6 +205,32 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("directory")
     certs.add_argument("--parties", type=int, required=True)
     certs.set_defaults(fn=cmd_certs)
+    cluster = sub.add_parser("cluster", help="make certificates and a cluster file for a "
+                             "deployment (compute parties, dealer, client, model owner)")
+    cluster.add_argument("directory")
+    cluster.add_argument("--scheme", choices=SCHEMES, default="replicated")
+    cluster.add_argument("--parties", type=int, default=None, help="compute parties")
+    cluster.add_argument("--hosts", help="comma-separated host of each role, in id order")
+    cluster.add_argument("--base-port", type=int, default=None,
+                         help="role i listens on base+i (default: free local ports)")
+    cluster.add_argument("--timeout", type=float, default=60.0)
+    cluster.set_defaults(fn=cmd_cluster)
+    party = sub.add_parser("party", help="run one compute party of a cluster")
+    party.add_argument("--config", required=True)
+    party.add_argument("--id", type=int, required=True)
+    party.set_defaults(fn=cmd_party)
+    dealer = sub.add_parser("dealer", help="run the dealer of a cluster")
+    dealer.add_argument("--config", required=True)
+    dealer.set_defaults(fn=cmd_dealer)
+    owner = sub.add_parser("model-owner", help="run Bob: share the model's weights")
+    owner.add_argument("--config", required=True)
+    owner.add_argument("--model", required=True)
+    owner.set_defaults(fn=cmd_model_owner)
+    client = sub.add_parser("client", help="run Alice: share clips' features, get labels")
+    client.add_argument("clips", nargs="+")
+    client.add_argument("--config", required=True)
+    client.add_argument("--json", action="store_true")
+    client.set_defaults(fn=cmd_client)
     bench = sub.add_parser("bench", help="run the benchmarks (make bench)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(fn=cmd_bench)

@@ -37,7 +37,7 @@ from mpc.net.certs import TlsFiles, party_name
 from mpc.runtime import RunConfig, Runtime, make_runtime
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
-_CLUSTER_KEYS = {"timeout", "connect_timeout", "ca"}
+_CLUSTER_KEYS = {"timeout", "connect_timeout", "ca", "scheme", "compute_parties"}
 _PARTY_KEYS = {"id", "host", "port", "cert", "key", "bind"}
 
 
@@ -63,6 +63,8 @@ class Cluster:
     timeout: float
     path: Path
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    scheme: str | None = None  # deployments name the scheme and how many compute parties
+    compute_parties: int | None = None
 
     @property
     def n_endpoints(self) -> int:
@@ -163,8 +165,16 @@ def load_cluster(path: str | os.PathLike[str]) -> Cluster:
     if missing_ids:
         raise ConfigError(f"{path}: party ids must be 0..{len(parties) - 1}; party "
                           f"{missing_ids[0]} is missing (ids given: {sorted(parties)})")
+    scheme = table.get("scheme")
+    if scheme is not None and (not isinstance(scheme, str) or not scheme):
+        raise ConfigError(f"{path}: [cluster] scheme must be a scheme name, got {scheme!r}")
+    compute = table.get("compute_parties")
+    if compute is not None and (isinstance(compute, bool) or not isinstance(compute, int)
+                                or not 1 <= compute <= len(parties)):
+        raise ConfigError(f"{path}: [cluster] compute_parties must be an integer in "
+                          f"1..{len(parties)}, got {compute!r}")
     return Cluster(parties=dict(sorted(parties.items())), timeout=timeout, path=path,
-                   connect_timeout=connect_timeout)
+                   connect_timeout=connect_timeout, scheme=scheme, compute_parties=compute)
 
 
 def _toml_string(value: str) -> str:
@@ -182,7 +192,7 @@ def write_cluster(path: str | os.PathLike[str], n: int, *, cert_dir: str | os.Pa
                   base_port: int | None = 7000, ports: Sequence[int] | None = None,
                   hosts: Mapping[int, str] | Sequence[str] | None = None,
                   timeout: float = 60.0, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                  ) -> Path:
+                  scheme: str | None = None, compute_parties: int | None = None) -> Path:
     """Write a cluster file for `n` endpoints whose certificates (as `make_certificates`
     names them) are in `cert_dir`; ports are `ports[i]` or `base_port + i`, hosts default to
     127.0.0.1. Paths in the file are relative to it. Returns the path written."""
@@ -210,6 +220,10 @@ def write_cluster(path: str | os.PathLike[str], n: int, *, cert_dir: str | os.Pa
              f"timeout = {float(timeout)!r}",
              f"connect_timeout = {float(connect_timeout)!r}",
              f"ca = {_toml_string(_relative(certs / 'ca.pem', folder))}"]
+    if scheme is not None:
+        lines.append(f"scheme = {_toml_string(scheme)}")
+    if compute_parties is not None:
+        lines.append(f"compute_parties = {int(compute_parties)}")
     for i in range(n):
         lines += ["",
                   "[[party]]",
@@ -239,7 +253,7 @@ def start_party(cluster: Cluster, party_id: int, config: RunConfig | None = None
                           f"{sorted(cluster.parties)})")
     if config is None:
         config = RunConfig(n_parties=cluster.n_endpoints, timeout=cluster.timeout)
-    expected = config.n_parties + (1 if config.dealer else 0)
+    expected = config.n_parties + (1 if config.dealer else 0) + config.external
     if expected != cluster.n_endpoints:
         raise ConfigError(f"{cluster.path}: lists {cluster.n_endpoints} parties but the "
                           f"computation needs {expected}")

@@ -23,6 +23,7 @@ class RunConfig:
     timeout: float = 60.0
     dealer: bool = False  # an extra endpoint with id n_parties supplies preprocessing
     threads: int = 1  # numba threads per party process (parties share this machine's cores)
+    external: int = 0  # endpoints after the dealer that only give inputs or get outputs
 
 
 @dataclass
