@@ -47,6 +47,31 @@ class Protocol(ABC):
     def preprocess(self, plan: list[Request]) -> None:  # noqa: B027 - optional hook
         """Offline phase: obtain the material `plan` lists (default: none needed)."""
 
+    # -- local linear arithmetic on shares (mod 2^64 here; 128-bit schemes override) --------
+    def add(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return x + y
+
+    def sub(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return x - y
+
+    def neg(self, x: np.ndarray) -> np.ndarray:
+        return np.negative(x)
+
+    def mul_public(self, x: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """Shares of x * value for public ring elements `value` (broadcast over x)."""
+        return x * value
+
+    def public_bilinear(self, x: np.ndarray, value: np.ndarray, op: BilinearOp,
+                        public_left: bool) -> np.ndarray:
+        """Shares of op(value, x) or op(x, value) for a public `value`: local, per component."""
+        if public_left:
+            return np.stack([op(value, c) for c in x])
+        return np.stack([op(c, value) for c in x])
+
+    def sum(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
+        """Shares of the sum over value axes `axes` (0-based, excluding the component axis)."""
+        return x.sum(axis=tuple(a + 1 for a in axes), keepdims=keepdims, dtype=np.uint64)
+
     # -- primitives ----------------------------------------------------------------------
     @abstractmethod
     def input(self, value: np.ndarray | None, owner: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -22,12 +22,16 @@ from protocols.additive import Additive
 from protocols.base import Protocol
 from protocols.clear import Planner
 from protocols.correlations import Request
+from protocols.rep4 import Rep4
 from protocols.replicated import Replicated
 
-SCHEMES: dict[str, type[Protocol]] = {"additive": Additive, "replicated": Replicated}
-DEFAULT_PARTIES = {"additive": 2, "replicated": 3}
+SCHEMES: dict[str, type[Protocol]] = {"additive": Additive, "replicated": Replicated,
+                                      "rep4": Rep4}
+DEFAULT_PARTIES = {"additive": 2, "replicated": 3, "rep4": 4}
 
 Program = Callable[[Protocol], Any]
+#: Called with each endpoint's runtime before its role starts (tests install faults with it).
+Hook = Callable[[Runtime], None]
 
 
 @dataclass
@@ -55,7 +59,9 @@ def plan_of(program: Program, n_parties: int) -> list[Request]:
 
 
 def party_role(runtime: Runtime, scheme: str, program: Program,
-               plan: list[Request]) -> PartyReport:
+               plan: list[Request], hook: Hook | None = None) -> PartyReport:
+    if hook is not None:
+        hook(runtime)
     protocol = SCHEMES[scheme](runtime)
     channel = runtime.channel
     start = time.perf_counter()
@@ -75,7 +81,9 @@ def party_role(runtime: Runtime, scheme: str, program: Program,
                        middle - start, end - online_start, setup, online_start - middle)
 
 
-def dealer_role(runtime: Runtime, plan: list[Request]) -> PartyReport:
+def dealer_role(runtime: Runtime, plan: list[Request], hook: Hook | None = None) -> PartyReport:
+    if hook is not None:
+        hook(runtime)
     start = time.perf_counter()
     n = runtime.n_parties
     prgs = [runtime.pair_prg(p, "dealer") for p in range(n)]
@@ -85,12 +93,15 @@ def dealer_role(runtime: Runtime, plan: list[Request]) -> PartyReport:
 
 
 def run(scheme: str, program: Program | Sequence[Program], n_parties: int | None = None,
-        transport: str = "threads", timeout: float = 60.0) -> list[PartyReport]:
+        transport: str = "threads", timeout: float = 60.0,
+        hook: Hook | None = None) -> list[PartyReport]:
     """Run `program` on every party of `scheme`; reports of the compute parties, then the
     dealer's if the scheme has one.
 
     `program` may be a list with one program per party, so that each party's process
     receives only its own private inputs; the programs must make the same calls.
+    `hook`, if given, is called with every endpoint's runtime before its role starts
+    (`protocols.tamper` corrupts a party's messages this way); it must pickle for "tcp".
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; choose from {sorted(SCHEMES)}")
@@ -101,10 +112,10 @@ def run(scheme: str, program: Program | Sequence[Program], n_parties: int | None
     cls = SCHEMES[scheme]
     plan = plan_of(programs[0], n)
     config = RunConfig(n_parties=n, timeout=timeout, dealer=cls.needs_dealer)
-    roles: list = [functools.partial(party_role, scheme=scheme, program=programs[p], plan=plan)
-                   for p in range(n)]
+    roles: list = [functools.partial(party_role, scheme=scheme, program=programs[p], plan=plan,
+                                     hook=hook) for p in range(n)]
     if cls.needs_dealer:
-        roles.append(functools.partial(dealer_role, plan=plan))
+        roles.append(functools.partial(dealer_role, plan=plan, hook=hook))
     if transport == "threads":
         return run_threads(roles, config)
     if transport == "tcp":

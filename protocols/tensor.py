@@ -79,8 +79,8 @@ class SecretTensor:
         if axis is None:
             axis = tuple(range(self.ndim))
         axes = (axis,) if isinstance(axis, int) else tuple(axis)
-        return self._wrap(self.share.sum(axis=tuple(a % self.ndim + 1 for a in axes),
-                                         keepdims=keepdims, dtype=np.uint64))
+        return self._wrap(self.protocol.sum(self.share, tuple(a % self.ndim for a in axes),
+                                            keepdims))
 
     @staticmethod
     def concatenate(tensors: list[SecretTensor], axis: int = 0) -> SecretTensor:
@@ -91,17 +91,17 @@ class SecretTensor:
     # -- linear arithmetic ---------------------------------------------------------------
     def __add__(self, other: object) -> SecretTensor:
         if isinstance(other, SecretTensor):
-            return self._wrap(self.share + other.share)
+            return self._wrap(self.protocol.add(self.share, other.share))
         return self._wrap(self.protocol.add_public(self.share, as_ring(other)))
 
     __radd__ = __add__
 
     def __neg__(self) -> SecretTensor:
-        return self._wrap(np.negative(self.share))
+        return self._wrap(self.protocol.neg(self.share))
 
     def __sub__(self, other: object) -> SecretTensor:
         if isinstance(other, SecretTensor):
-            return self._wrap(self.share - other.share)
+            return self._wrap(self.protocol.sub(self.share, other.share))
         return self + (np.uint64(0) - as_ring(other))
 
     def __rsub__(self, other: object) -> SecretTensor:
@@ -110,19 +110,19 @@ class SecretTensor:
     def __mul__(self, other: object) -> SecretTensor:
         if isinstance(other, SecretTensor):
             return self._wrap(self.protocol.bilinear(self.share, other.share, Mul()))
-        return self._wrap(self.share * as_ring(other))
+        return self._wrap(self.protocol.mul_public(self.share, as_ring(other)))
 
     __rmul__ = __mul__
 
     def __matmul__(self, other: object) -> SecretTensor:
         if isinstance(other, SecretTensor):
             return self._wrap(self.protocol.bilinear(self.share, other.share, MatMul()))
-        public = as_ring(other)
-        return self._wrap(np.stack([MatMul()(c, public) for c in self.share]))
+        return self._wrap(self.protocol.public_bilinear(self.share, as_ring(other), MatMul(),
+                                                        public_left=False))
 
     def __rmatmul__(self, other: object) -> SecretTensor:
-        public = as_ring(other)
-        return self._wrap(np.stack([MatMul()(public, c) for c in self.share]))
+        return self._wrap(self.protocol.public_bilinear(self.share, as_ring(other), MatMul(),
+                                                        public_left=True))
 
     def conv2d(self, weight: SecretTensor | np.ndarray, stride: tuple[int, int] = (1, 1),
                padding: tuple[int, int] = (0, 0)) -> SecretTensor:
@@ -130,8 +130,8 @@ class SecretTensor:
         op = Conv2d(tuple(stride), tuple(padding))
         if isinstance(weight, SecretTensor):
             return self._wrap(self.protocol.bilinear(weight.share, self.share, op))
-        public = as_ring(weight)
-        return self._wrap(np.stack([op(public, c) for c in self.share]))
+        return self._wrap(self.protocol.public_bilinear(self.share, as_ring(weight), op,
+                                                        public_left=True))
 
     def bilinear_trunc(self, other: SecretTensor, op: object, bias: SecretTensor | None,
                        frac_bits: int) -> SecretTensor:
