@@ -28,5 +28,8 @@ lint: $(STAMP)
 data: $(STAMP)
 	$(BIN)/python -m audio.fetch_hedgewars data/hedgewars
 
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/execute.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info
