@@ -25,6 +25,7 @@ class LayerReport:
     bytes_sent: tuple[int, ...]  # per party
     items: int
     max_error: float | None  # vs the emulator (audit mode only)
+    wait_seconds: tuple[float, ...] = ()  # per party: time blocked on the network
 
 
 @dataclass
@@ -60,7 +61,9 @@ class Classification:
         """The per-layer report as text."""
         head = f"{'layer':<12}{'time ms':>9}{'rounds':>8}{'kB sent/party':>16}{'items':>7}" \
                f"{'max err':>10}"
-        lines = [f"scheme {self.scheme}, {len(self.parties)} parties", head]
+        compute = len(self.layers[0].bytes_sent) if self.layers else len(self.parties)
+        dealer = " and a dealer" if len(self.parties) > compute else ""
+        lines = [f"scheme {self.scheme}, {compute} parties{dealer}", head]
         for r in self.layers:
             err = "" if r.max_error is None else f"{r.max_error:.2e}"
             lines.append(f"{r.name:<12}{1e3 * r.seconds:>9.1f}{r.rounds:>8}"
@@ -115,7 +118,8 @@ def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated
         layers.append(LayerReport(stat.name, max(s.seconds for s in per_party),
                                   max(s.rounds for s in per_party),
                                   tuple(s.bytes_sent for s in per_party),
-                                  max(s.items for s in per_party), errors[k]))
+                                  max(s.items for s in per_party), errors[k],
+                                  tuple(s.wait_seconds for s in per_party)))
     logits = outputs[CLIENT].logits
     return Classification(
         labels=outputs[CLIENT].labels.astype(np.int64),

@@ -52,6 +52,7 @@ class LayerStats:
     rounds: int
     bytes_sent: int
     items: int  # preprocessing items consumed
+    wait_seconds: float = 0.0  # of `seconds`, spent blocked on receiving from peers
 
 
 @dataclass
@@ -81,7 +82,8 @@ class _Meter:
         after = self.channel.traffic - before if self.channel else None
         self.stats.append(LayerStats(name, time.perf_counter() - t0,
                                      after.rounds if after else 0,
-                                     after.bytes_sent if after else 0, self._used() - used))
+                                     after.bytes_sent if after else 0, self._used() - used,
+                                     after.wait_seconds if after else 0.0))
         return out
 
 
