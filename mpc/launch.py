@@ -8,6 +8,7 @@ has the channel timeout, and the process launcher also has an overall deadline.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import tempfile
 import threading
@@ -76,7 +77,7 @@ def run_threads(roles: Sequence[Role], config: RunConfig) -> list[Any]:
     return results
 
 
-def _process_main(party: int, role: Role, config: RunConfig, tls: TlsFiles,
+def _process_main(party: int, role_file: str, config: RunConfig, tls: TlsFiles,
                   port_queue: Any, address_conn: Any, result_queue: Any,
                   connect_timeout: float) -> None:
     """Entry point of one party process: listen, report the port, connect, run, report."""
@@ -84,6 +85,9 @@ def _process_main(party: int, role: Role, config: RunConfig, tls: TlsFiles,
 
     channel = None
     try:
+        with open(role_file, "rb") as handle:
+            role = pickle.load(handle)
+        os.unlink(role_file)
         ring.warmup(threads=config.threads)
         listener = tcp.listen(("127.0.0.1", 0))
         port_queue.put((party, listener.getsockname()[1]))
@@ -123,8 +127,17 @@ def run_processes(roles: Sequence[Role], config: RunConfig, cert_dir: str | Path
         tls = make_certificates(cert_dir or tmp, n)
         port_queue, result_queue = ctx.Queue(), ctx.Queue()
         pipes = [ctx.Pipe(duplex=False) for _ in range(n)]
+        # Roles travel through files in the private temporary folder, not the spawn pipe:
+        # CPython writes the spawn payload before it closes the child's end, so a child that
+        # dies at start-up would leave the launcher blocked forever on a large payload.
+        role_files = []
+        for p in range(n):
+            role_file = Path(tmp) / f"role-{p}.pickle"
+            with open(role_file, "wb") as handle:
+                pickle.dump(roles[p], handle, protocol=pickle.HIGHEST_PROTOCOL)
+            role_files.append(str(role_file))
         procs = [ctx.Process(target=_process_main, name=f"sottovoce-party-{p}", daemon=True,
-                             args=(p, roles[p], config, tls[p], port_queue, pipes[p][0],
+                             args=(p, role_files[p], config, tls[p], port_queue, pipes[p][0],
                                    result_queue, connect_timeout))
                  for p in range(n)]
         for proc in procs:
