@@ -30,6 +30,7 @@ from mpc.runtime import RunConfig
 from nn.describe import describe, from_description
 from nn.model import SecureModel
 from protocols.base import Protocol
+from protocols.clear import Planner
 from protocols.functions import argmax
 from protocols.run import SCHEMES, dealer_role, party_role, plan_of
 from protocols.tensor import SecretTensor
@@ -173,7 +174,8 @@ def compute_party(cluster_path: str | Path, party_id: int) -> None:
                                "the client")
             mask = _expect(channel.recv(roles.client), (batch,), "the client")
         program = ExternalInference(model, batch, weights, features, mask)
-        plan = plan_of(ExternalInference(model, batch), roles.compute)
+        plan = plan_of(ExternalInference(model, batch), roles.compute,
+                       getattr(SCHEMES[roles.scheme], "planner", Planner))
         report = party_role(runtime, roles.scheme, program, plan)
         with channel.stage("label to client"):
             channel.send(roles.client, report.result)
@@ -191,7 +193,9 @@ def dealer(cluster_path: str | Path) -> None:
     try:
         model = from_description(_recv_json(runtime.channel, roles.model_owner)["model"])
         batch = int(_recv_json(runtime.channel, roles.client)["batch"])
-        dealer_role(runtime, plan_of(ExternalInference(model, batch), roles.compute))
+        plan = plan_of(ExternalInference(model, batch), roles.compute,
+                       getattr(SCHEMES[roles.scheme], "planner", Planner))
+        dealer_role(runtime, plan, scheme=roles.scheme)
     finally:
         runtime.channel.close()
 

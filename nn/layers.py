@@ -54,6 +54,7 @@ class _Affine(Layer):
         mine = protocol.plays(owner)
         w = SecretTensor.input(protocol, self.weight if mine else None, owner, self.weight_shape)
         b = SecretTensor.input(protocol, self.bias if mine else None, owner, self.bias_shape)
+        protocol.fix_operand(w.share)  # the same weights serve every clip
         return {"weight": w, "bias": b}
 
     def public(self) -> Layer:

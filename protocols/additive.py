@@ -15,6 +15,7 @@ from mpc.errors import ProtocolError
 from mpc.runtime import Runtime
 from protocols import masked, store
 from protocols.base import BilinearOp, Protocol
+from protocols.clear import Planner
 from protocols.correlations import ARITH, Request
 
 
@@ -35,6 +36,7 @@ class Additive(Protocol):
                                           self.party_id)
         self._input_prgs = {p: runtime.pair_prg(p, "additive/input") for p in self.others}
         self.material = store.MaterialStore()
+        self._fixed: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]] = []
 
     def preprocess(self, plan: list[Request]) -> None:
         dealer = self.runtime.dealer_id
@@ -68,7 +70,41 @@ class Additive(Protocol):
     def add_public(self, x: np.ndarray, value: np.ndarray) -> np.ndarray:
         return x + value if self.party_id == 0 else x + np.zeros_like(value)
 
+    def fix_operand(self, x: np.ndarray) -> None:
+        """Open d = W - b once for an operand used in many products (the model's weights):
+        later products with it open only their other operand, against triples that reuse
+        the same mask b with fresh a (PROTOCOLS.md, "Beaver"). W stays hidden behind b,
+        which is never opened; each clip's input is hidden behind a fresh a."""
+        ref = len(self._fixed)
+        m = self.material.take(Request("mask", x.shape[1:], ref=ref))
+        (d,) = self.group.open([(x[0, ...] - m["b"], ARITH)])
+        self._fixed.append((x, ref, m["b"], d))
+
+    def _fixed_of(self, x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
+        for array, ref, b, d in self._fixed:
+            if array is x:
+                return ref, b, d
+        return None
+
     def bilinear(self, x: np.ndarray, y: np.ndarray, op: BilinearOp) -> np.ndarray:
+        for side, fixed, varying in (("right", y, x), ("left", x, y)):
+            found = self._fixed_of(fixed)
+            if found is None:
+                continue
+            ref, b, d = found
+            m = self.material.take(Request("fixed_triple", x.shape[1:], y.shape[1:], op=op,
+                                           ref=ref, side=side))
+            (e,) = self.group.open([(varying[0, ...] - m["a"], ARITH)])
+            a = m["a"]
+            if side == "right":  # op(e + a, d + b) = c + op(e, b) + op(a, d) + op(e, d)
+                z = m["c"] + op(e, b) + op(a, d)
+                if self.group.first:
+                    z += op(e, d)
+            else:  # op(d + b, e + a) = c + op(b, e) + op(d, a) + op(d, e)
+                z = m["c"] + op(b, e) + op(d, a)
+                if self.group.first:
+                    z += op(d, e)
+            return z[None]
         m = self.material.take(Request("triple", x.shape[1:], y.shape[1:], op=op))
         e, d = self.group.open([(x[0, ...] - m["a"], ARITH), (y[0, ...] - m["b"], ARITH)])
         z = m["c"] + op(e, m["b"]) + op(m["a"], d)
@@ -88,3 +124,28 @@ class Additive(Protocol):
 
     def relu(self, x: np.ndarray) -> np.ndarray:
         return self._masked("relu", x)
+
+
+class AdditivePlanner(Planner):
+    """Plans the additive scheme's material, including masks of fixed operands."""
+
+    def __init__(self, n_parties: int = 1) -> None:
+        super().__init__(n_parties)
+        self._fixed: list[np.ndarray] = []
+
+    def fix_operand(self, x: np.ndarray) -> None:
+        self.plan.append(Request("mask", x.shape[1:], ref=len(self._fixed)))
+        self._fixed.append(x)
+
+    def bilinear(self, x: np.ndarray, y: np.ndarray, op: BilinearOp) -> np.ndarray:
+        for side, fixed in (("right", y), ("left", x)):
+            for ref, array in enumerate(self._fixed):
+                if array is fixed:
+                    self.plan.append(Request("fixed_triple", x.shape[1:], y.shape[1:], op=op,
+                                             ref=ref, side=side))
+                    return np.zeros((1, *op.out_shape(x.shape[1:], y.shape[1:])),
+                                    dtype=np.uint64)
+        return super().bilinear(x, y, op)
+
+
+Additive.planner = AdditivePlanner

@@ -72,6 +72,10 @@ class Protocol(ABC):
         """Shares of the sum over value axes `axes` (0-based, excluding the component axis)."""
         return x.sum(axis=tuple(a + 1 for a in axes), keepdims=keepdims, dtype=np.uint64)
 
+    def fix_operand(self, x: np.ndarray) -> None:  # noqa: B027 - optional hook
+        """Declare `x` (e.g. model weights) an operand reused by many products: schemes that
+        can mask it once for all of them (Beaver with a fixed mask) do so here."""
+
     # -- primitives ----------------------------------------------------------------------
     @abstractmethod
     def input(self, value: np.ndarray | None, owner: int, shape: tuple[int, ...]) -> np.ndarray:

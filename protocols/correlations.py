@@ -26,10 +26,14 @@ LOW_MASK = np.uint64((1 << 63) - 1)
 
 @dataclass(frozen=True)
 class Request:
-    """One item of preprocessing: `kind` in {"triple", "trunc", "ltz", "relu"}.
+    """One item of preprocessing: `kind` in {"triple", "trunc", "ltz", "relu", "mask",
+    "fixed_triple"}.
 
     triple: op, shape of the left operand, shape of the right operand.
     trunc: shape, fractional bits. ltz/relu: shape (one comparison per element).
+    mask: a random b shaped like an operand that stays fixed (model weights): d = W - b is
+    opened once, number `ref`. fixed_triple: a triple whose fixed operand (`side` "left" or
+    "right") reuses mask `ref`, so only the other operand is opened: c = op(b, a) or op(a, b).
     """
 
     kind: str
@@ -37,6 +41,8 @@ class Request:
     other: tuple[int, ...] = ()
     op: Mul | MatMul | Conv2d | None = None
     frac_bits: int = 0
+    ref: int = -1
+    side: str = ""
 
     @property
     def size(self) -> int:
@@ -71,6 +77,13 @@ def fields(request: Request) -> tuple[list[Field], list[Field]]:
         out = request.op.out_shape(request.shape, request.other)
         return ([Field("a", ARITH, shape), Field("b", ARITH, request.other)],
                 [Field("c", ARITH, out)])
+    if kind == "mask":
+        return [Field("b", ARITH, shape)], []
+    if kind == "fixed_triple":
+        left, right = request.shape, request.other
+        out = request.op.out_shape(left, right)
+        varying = right if request.side == "left" else left
+        return [Field("a", ARITH, varying)], [Field("c", ARITH, out)]
     if kind == "trunc":
         return ([Field("r", ARITH, shape)],
                 [Field("r_msb", ARITH, shape), Field("r_low_shifted", ARITH, shape)])
@@ -88,10 +101,17 @@ def fields(request: Request) -> tuple[list[Field], list[Field]]:
     raise ValueError(f"unknown preprocessing kind {kind!r}")
 
 
-def _dependent_values(request: Request, v: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _dependent_values(request: Request, v: dict[str, np.ndarray],
+                      masks: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
     kind = request.kind
     if kind == "triple":
         return {"c": request.op(v["a"], v["b"])}
+    if kind == "mask":
+        masks[request.ref] = v["b"]
+        return {}
+    if kind == "fixed_triple":
+        b = masks[request.ref]
+        return {"c": request.op(b, v["a"]) if request.side == "left" else request.op(v["a"], b)}
     if kind == "trunc":
         r = v["r"]
         return {"r_msb": r >> MSB, "r_low_shifted": (r & LOW_MASK) >> np.uint64(request.frac_bits)}
@@ -118,11 +138,15 @@ def _combine(domain: str, shares: list[np.ndarray]) -> np.ndarray:
     return total
 
 
-def deal(request: Request, prgs: list[PRG]) -> list[np.ndarray]:
-    """The dealer's side: the corrections the last party receives, one per dependent field."""
+def deal(request: Request, prgs: list[PRG], masks: dict[int, np.ndarray] | None = None
+         ) -> list[np.ndarray]:
+    """The dealer's side: the corrections the last party receives, one per dependent field.
+
+    `masks` carries the fixed-operand masks from "mask" requests to the "fixed_triple"
+    requests that reuse them: pass one dict for a whole plan."""
     free, dependent = fields(request)
     values = {f.name: _combine(f.domain, [_draw(p, f) for p in prgs]) for f in free}
-    targets = _dependent_values(request, values)
+    targets = _dependent_values(request, values, {} if masks is None else masks)
     corrections = []
     for field in dependent:
         others = [_draw(p, field) for p in prgs[:-1]]

@@ -67,7 +67,8 @@ def write_material(plan: list[Request], n_parties: int,
                                          "directory, material is never overwritten or reused")
     seeds = [os.urandom(KEY_BYTES) for _ in range(n_parties)]
     prgs = [PRG(seed) for seed in seeds]
-    parts = [c.reshape(-1) for request in plan for c in deal(request, prgs)]
+    masks: dict[int, np.ndarray] = {}  # fixed-operand masks, reused by later triples
+    parts = [c.reshape(-1) for request in plan for c in deal(request, prgs, masks)]
     corrections = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
     fingerprint = plan_fingerprint(plan, n_parties)
     for party, (path, seed) in enumerate(zip(paths, seeds, strict=True)):

@@ -24,10 +24,11 @@ from protocols.clear import Planner
 from protocols.correlations import Request
 from protocols.rep4 import Rep4
 from protocols.replicated import Replicated
+from protocols.spdz2k import Spdz2k
 
 SCHEMES: dict[str, type[Protocol]] = {"additive": Additive, "replicated": Replicated,
-                                      "rep4": Rep4}
-DEFAULT_PARTIES = {"additive": 2, "replicated": 3, "rep4": 4}
+                                      "rep4": Rep4, "spdz2k": Spdz2k}
+DEFAULT_PARTIES = {"additive": 2, "replicated": 3, "rep4": 4, "spdz2k": 2}
 
 Program = Callable[[Protocol], Any]
 #: Called with each endpoint's runtime before its role starts (tests install faults with it).
@@ -48,9 +49,11 @@ class PartyReport:
     setup_seconds: float = 0.0
 
 
-def plan_of(program: Program, n_parties: int) -> list[Request]:
-    """The preprocessing `program` needs (setup and online phases), from a dry run."""
-    planner = Planner(n_parties)
+def plan_of(program: Program, n_parties: int, planner: type[Planner] = Planner
+            ) -> list[Request]:
+    """The preprocessing `program` needs (setup and online phases), from a dry run (with the
+    scheme's own planner if it records more, as spdz2k's records inputs and reveals)."""
+    planner = planner(n_parties)
     dry_run = copy.deepcopy(program)  # the dry run must not leave state in the real program
     if hasattr(dry_run, "setup"):
         dry_run.setup(planner)
@@ -81,13 +84,18 @@ def party_role(runtime: Runtime, scheme: str, program: Program,
                        middle - start, end - online_start, setup, online_start - middle)
 
 
-def dealer_role(runtime: Runtime, plan: list[Request], hook: Hook | None = None) -> PartyReport:
+def dealer_role(runtime: Runtime, plan: list[Request], hook: Hook | None = None,
+                scheme: str | None = None) -> PartyReport:
     if hook is not None:
         hook(runtime)
     start = time.perf_counter()
     n = runtime.n_parties
-    prgs = [runtime.pair_prg(p, "dealer") for p in range(n)]
-    store.serve(plan, prgs, runtime.channel, last_party=n - 1)
+    own_dealer = getattr(SCHEMES.get(scheme), "serve_dealer", None)  # e.g. spdz2k's MACs
+    if own_dealer is not None:
+        own_dealer(runtime, plan)
+    else:
+        prgs = [runtime.pair_prg(p, "dealer") for p in range(n)]
+        store.serve(plan, prgs, runtime.channel, last_party=n - 1)
     return PartyReport(runtime.party_id, None, runtime.channel.traffic.copy(), Traffic(),
                        time.perf_counter() - start, 0.0)
 
@@ -106,16 +114,17 @@ def run(scheme: str, program: Program | Sequence[Program], n_parties: int | None
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; choose from {sorted(SCHEMES)}")
     n = n_parties or DEFAULT_PARTIES[scheme]
-    programs = list(program) if isinstance(program, Sequence) else [program] * n
+    programs = list(program) if isinstance(program, Sequence) else [
+        copy.deepcopy(program) for _ in range(n)]  # parties keep their own state
     if len(programs) != n:
         raise ValueError(f"{len(programs)} programs for {n} parties")
     cls = SCHEMES[scheme]
-    plan = plan_of(programs[0], n)
+    plan = plan_of(programs[0], n, getattr(cls, "planner", Planner))
     config = RunConfig(n_parties=n, timeout=timeout, dealer=cls.needs_dealer)
     roles: list = [functools.partial(party_role, scheme=scheme, program=programs[p], plan=plan,
                                      hook=hook) for p in range(n)]
     if cls.needs_dealer:
-        roles.append(functools.partial(dealer_role, plan=plan, hook=hook))
+        roles.append(functools.partial(dealer_role, plan=plan, hook=hook, scheme=scheme))
     if transport == "threads":
         return run_threads(roles, config)
     if transport == "tcp":

@@ -50,7 +50,8 @@ def serve(plan: list[Request], prgs: list[PRG], channel: Channel, last_party: in
     """Dealer side of the offline phase: one message of corrections to the last party.
 
     Returns the number of words sent."""
-    parts = [c.reshape(-1) for request in plan for c in deal(request, prgs)]
+    masks: dict[int, np.ndarray] = {}  # fixed-operand masks, reused by later triples
+    parts = [c.reshape(-1) for request in plan for c in deal(request, prgs, masks)]
     flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
     with channel.stage("preprocessing"):
         channel.send(last_party, flat)

@@ -1,0 +1,284 @@
+"""SPDZ2k: n-party additive sharing with MACs, active security with a trusted dealer.
+
+Cramer, Damgard, Escudero, Scholl, Xing, "SPDZ2k: Efficient MPC mod 2^k for Dishonest
+Majority", CRYPTO 2018. Values live mod 2^k (k = 64) and are held, with their MACs, mod
+2^(k+s) (s = 64): party i holds x_i and m_i with sum x_i = x~, sum m_i = alpha * x~ mod 2^128,
+x = x~ mod 2^64, for a global key alpha in Z_2^s of which party i holds alpha_i (mod 2^128).
+
+Trust model: every compute party may be malicious (any number of them, dishonest majority);
+the dealer is NOT: it knows alpha and every mask, and deals the authenticated material
+(`protocols.spdz2k_material`). What a cheating party can do is make the run abort: any
+deviation in a message makes every honest party raise `CheatingDetected` before any output
+is revealed (probability of escaping about 2^-s per check); aborting is not prevented.
+
+A share is a uint64 array (4, *shape): [value_lo, value_hi, mac_lo, mac_hi] (see
+`protocols.ring128_ops`), so `SecretTensor`'s structural ops work unchanged.
+
+Online protocol (rounds are for one call, counted by the channel):
+- input by owner o (1 round): a dealer mask [r] whose value r only o knows; o sends
+  e = v - r mod 2^64 to all, everyone sets [v] = [r] + e. Each party hashes every e it saw;
+  the hashes are compared in the next check, so an owner cannot send different e to different
+  parties.
+- partial opening (used below, always of a value masked by fresh dealer randomness): every
+  party sends the low limb of its value share to every other, logged for the MAC check.
+- bilinear (mul, matmul, conv; 1 round): Beaver with an authenticated triple shaped like
+  the operands, [z] = [c] + e (x) [b] + [a] (x) d + e (x) d, computed mod 2^128.
+- trunc (1 round): the MSB-corrected identity of PROTOCOLS.md with authenticated r, r_msb,
+  r_low >> f; c = x + 2^62 + r opened mod 2^64.
+- ltz (6 rounds), relu (7): c = x + r opened, r = sum 2^i r_i with the 64 mask bits dealt as
+  authenticated arithmetic sharings (an edaBit); msb(x) = t xor [c_low < r_low] with
+  t = c_63 xor r_63. The borrow is a carry tree over (generate, propagate) pairs with
+  arithmetic ANDs (Beaver products of 0/1 values); its lowest level is free because the
+  dealer also deals r_{2j+1} r_{2j} (and r_63 r_62), leaving 5 product rounds over the whole
+  layer. The top group also carries t * (G, P), so msb = t + G - 2 t G needs no extra round.
+  relu = x * (1 - msb): one more product.
+- reveal to T: check everything opened so far (5 rounds, 4 once a check has run), open
+  y - r_t for each target t (1 round; r_t known to t only), check that opening (4 rounds),
+  then every party confirms to the targets (1 round) and t unmasks locally: 11 rounds for
+  the first reveal, 10 for later ones.
+The batched MAC check is in `protocols.mac`. Openings after the last reveal are never
+checked; they cannot influence any output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from mpc.errors import CheatingDetected, ProtocolError
+from mpc.runtime import Runtime
+from protocols import ring128_ops as r128
+from protocols import spdz2k_material as material
+from protocols.base import BilinearOp, Protocol
+from protocols.correlations import Request
+from protocols.mac import MacChecker
+from protocols.ops import Mul
+
+U64 = np.uint64
+ONE = U64(1)
+ELL = 62
+LOW63 = U64((1 << 63) - 1)
+POW2 = (ONE << np.arange(64, dtype=np.uint64))
+
+
+class Spdz2k(Protocol):
+    name = "spdz2k"
+    components = 4
+    needs_dealer = True
+    planner = material.Spdz2kPlanner
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.party_id = runtime.party_id
+        self.n_parties = runtime.n_parties
+        if self.n_parties < 2:
+            raise ValueError("spdz2k needs at least 2 parties")
+        self.channel = runtime.channel
+        self.others = tuple(p for p in range(self.n_parties) if p != self.party_id)
+        self.alpha = np.zeros(2, dtype=np.uint64)
+        self.material = material.LazyStore([], None, None, self.party_id, None)
+        self.mac = MacChecker(self.channel, self.party_id, self.n_parties, self.alpha,
+                              runtime.private_prg)
+
+    # -- offline -------------------------------------------------------------------------
+    def preprocess(self, plan: list[Request]) -> None:
+        dealer = self.runtime.dealer_id
+        self.alpha, self.material = material.receive(
+            plan, self.runtime.pair_prg(dealer, "spdz2k/dealer"),
+            self.runtime.pair_prg(dealer, "spdz2k/known"), self.party_id,
+            self.party_id == self.n_parties - 1, self.channel, dealer)
+        self.mac = MacChecker(self.channel, self.party_id, self.n_parties, self.alpha,
+                              self.runtime.private_prg)
+
+    @classmethod
+    def serve_dealer(cls, runtime: Runtime, plan: list[Request]) -> int:
+        """The dealer's offline phase (called by `protocols.run.dealer_role`)."""
+        n = runtime.n_parties
+        prgs = [runtime.pair_prg(p, "spdz2k/dealer") for p in range(n)]
+        known = [runtime.pair_prg(p, "spdz2k/known") for p in range(n)]
+        return material.serve(plan, prgs, known, runtime.private_prg, runtime.channel, n - 1)
+
+    # -- local linear arithmetic (mod 2^128, value and MAC alike) -------------------------
+    def add(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return r128.add(x, y)
+
+    def sub(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return r128.sub(x, y)
+
+    def neg(self, x: np.ndarray) -> np.ndarray:
+        return r128.neg(x)
+
+    def mul_public(self, x: np.ndarray, value: np.ndarray) -> np.ndarray:
+        return r128.mul_public(x, value)
+
+    def public_bilinear(self, x: np.ndarray, value: np.ndarray, op: BilinearOp,
+                        public_left: bool) -> np.ndarray:
+        if isinstance(op, Mul):
+            return r128.mul_public(x, value)
+        if public_left:
+            return r128.bilinear_auth(op, r128.lift(value), x, secret_left=False)
+        return r128.bilinear_auth(op, x, r128.lift(value), secret_left=True)
+
+    def sum(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
+        return r128.sum_axes(x, axes, keepdims)
+
+    def constant(self, value: np.ndarray) -> np.ndarray:
+        """This party's authenticated share of a public value: the value itself at party 0,
+        alpha_i * value in the MAC everywhere."""
+        value = np.asarray(value, dtype=np.uint64)
+        plain = r128.lift(value) if self.party_id == 0 else np.zeros((2, *value.shape), U64)
+        mac = r128.mul_public(self.alpha.reshape(2, *(1,) * value.ndim), value)
+        return np.concatenate([plain, mac])
+
+    def add_public(self, x: np.ndarray, value: np.ndarray) -> np.ndarray:
+        return r128.add(x, self.constant(value))
+
+    # -- communication -------------------------------------------------------------------
+    def open(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        """Partially open authenticated values mod 2^64 (one round), logging them for the
+        MAC check. Only ever call this on values masked by fresh dealer randomness."""
+        lows = [np.ascontiguousarray(x[0]).reshape(-1) for x in items]
+        message = np.concatenate(lows) if len(lows) > 1 else lows[0]
+        received = self.channel.exchange(dict.fromkeys(self.others, message))
+        total = message.copy()
+        for peer, share in received.items():
+            if share.dtype != np.uint64 or share.shape != message.shape:
+                raise ProtocolError(f"party {peer} opened {share.dtype}{share.shape}, "
+                                    f"expected uint64{message.shape}")
+            total += share
+        out, offset = [], 0
+        for x, low in zip(items, lows, strict=True):
+            value = total[offset:offset + low.size].reshape(x.shape[1:])
+            offset += low.size
+            self.mac.record(x, value)
+            out.append(value)
+        return out
+
+    def input(self, value: np.ndarray | None, owner: int, shape: tuple[int, ...]) -> np.ndarray:
+        value = self.check_owner(owner, value, shape)
+        m = self.material.take(Request("input", tuple(shape), (owner,)))
+        if self.party_id == owner:
+            e = value - m["r_value"][0]
+            self.channel.exchange(dict.fromkeys(self.others, e), receive_from=())
+        else:
+            e = self.channel.exchange({}, receive_from=(owner,))[owner]
+            if e.dtype != np.uint64 or e.shape != tuple(shape):
+                raise ProtocolError(f"party {owner} sent {e.dtype}{e.shape} as its input, "
+                                    f"expected uint64{tuple(shape)}")
+        self.mac.broadcast_seen(e)
+        return self.add_public(m["r"], e)
+
+    def reveal(self, x: np.ndarray, to: Iterable[int]) -> np.ndarray | None:
+        targets = self.check_reveal_targets(to)
+        m = self.material.take(Request("reveal", x.shape[1:], targets))
+        self.mac.check(m["check0"], "the computation before a reveal")
+        opened = self.open([self.sub(x, m[f"mask{t}"]) for t in targets])
+        self.mac.check(m["check1"], "opening an output")
+        # every party confirms to the targets that its checks passed, so a target never
+        # unmasks while an honest party aborts (agreement on abort)
+        sources = self.others if self.party_id in targets else ()
+        confirmations = self.channel.exchange(
+            {t: np.ones(1, dtype=np.uint8) for t in targets if t != self.party_id}, sources)
+        for peer, ok in confirmations.items():
+            if ok.dtype != np.uint8 or ok.shape != (1,) or ok[0] != 1:
+                raise CheatingDetected(f"MAC check failed after opening an output: party "
+                                       f"{peer} did not confirm it")
+        if self.party_id not in targets:
+            return None
+        mine = opened[targets.index(self.party_id)]
+        return mine + m[f"mask{self.party_id}_value"][0]
+
+    # -- products --------------------------------------------------------------------------
+    def _beaver(self, x: np.ndarray, y: np.ndarray, m: dict[str, np.ndarray], op: BilinearOp,
+                names: tuple[str, str, str] = ("a", "b", "c")) -> np.ndarray:
+        a, b, c = (m[k] for k in names)
+        e, d = self.open([self.sub(x, a), self.sub(y, b)])
+        if isinstance(op, Mul):
+            z = r128.add(r128.add(c, r128.mul_public(b, e)), r128.mul_public(a, d))
+        else:
+            z = r128.add(c, r128.bilinear_auth(op, r128.lift(e), b, secret_left=False))
+            z = r128.add(z, r128.bilinear_auth(op, a, r128.lift(d), secret_left=True))
+        return self.add_public(z, op(e, d))
+
+    def bilinear(self, x: np.ndarray, y: np.ndarray, op: BilinearOp) -> np.ndarray:
+        m = self.material.take(Request("triple", x.shape[1:], y.shape[1:], op=op))
+        return self._beaver(x, y, m, op)
+
+    def bilinear_trunc(self, x: np.ndarray, y: np.ndarray, op: BilinearOp,
+                       bias: np.ndarray | None, frac_bits: int) -> np.ndarray:
+        z = self.bilinear(x, y, op)
+        return self.trunc(z if bias is None else self.add(z, bias), frac_bits)
+
+    # -- truncation ------------------------------------------------------------------------
+    def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
+        f = int(frac_bits)
+        if not 0 <= f < ELL:
+            raise ValueError(f"cannot truncate by {f} bits")
+        m = self.material.take(Request("trunc", x.shape[1:], frac_bits=f))
+        (c,) = self.open([self.add_public(self.add(x, m["r"]), U64(1 << ELL))])
+        c_msb, c_low = c >> U64(63), c & LOW63
+        # w = c_msb xor r_msb, the carry out of y + r_low
+        w = self.add_public(r128.mul_public(m["r_msb"], ONE - U64(2) * c_msb), c_msb)
+        y_shift = r128.sub(r128.mul_public(w, U64(1 << (63 - f))), m["r_low_shifted"])
+        return self.add_public(y_shift, (c_low >> U64(f)) - U64(1 << (ELL - f)))
+
+    # -- comparison ------------------------------------------------------------------------
+    def _msb(self, x: np.ndarray, m: dict[str, np.ndarray]) -> np.ndarray:
+        """Authenticated shares (4, N) of the top bit of each of N values x (4, N)."""
+        bits, pp = m["bits"], m["pairs"]  # (4, 64, N), (4, 32, N)
+        r = r128.sum_axes(r128.mul_public(bits, POW2[:, None]), (0,))
+        (c,) = self.open([self.add(x, r)])
+        cb = (c[None, :] >> np.arange(64, dtype=U64)[:, None]) & ONE  # (64, N) public bits
+        nc = ONE - cb
+        s = U64(2) * cb - ONE  # +-1: p_i = nc_i + s_i r_i
+        mp, const, add, sub = r128.mul_public, self.constant, r128.add, r128.sub
+        hi, lo = slice(1, 62, 2), slice(0, 62, 2)
+        rh, rl, q = bits[:, hi], bits[:, lo], pp[:, :31]
+        nch, ncl, sh, sl = nc[hi], nc[lo], s[hi], s[lo]
+        # level 0, local: generate/propagate of 31 bit pairs, from the dealt pair products
+        g_pairs = add(add(mp(rh, nch), mp(rl, nch * ncl)), mp(q, sh * ncl))
+        p_pairs = add(add(add(const(nch * ncl), mp(rl, nch * sl)), mp(rh, sh * ncl)),
+                      mp(q, sh * sl))
+        # the top group is bit 62 alone; t = c63 xor r63 rides along with it
+        r62, r63, q2 = bits[:, 62], bits[:, 63], pp[:, 31]
+        c63, nc62, s62, s63 = cb[63], nc[62], s[62], s[63]
+        g_top = mp(r62, nc62)
+        p_top = add(const(nc62), mp(r62, s62))
+        t = sub(const(c63), mp(r63, s63))
+        tg = sub(mp(r62, c63 * nc62), mp(q2, s63 * nc62))
+        tp = sub(sub(add(const(c63 * nc62), mp(r62, c63 * s62)), mp(r63, s63 * nc62)),
+                 mp(q2, s63 * s62))
+        g = np.concatenate([g_pairs, g_top[:, None]], axis=1)
+        p = np.concatenate([p_pairs, p_top[:, None]], axis=1)
+        for level, pairs in enumerate(material.TREE_PAIRS):
+            gh, gl, ph, pl = g[:, 1::2], g[:, 0::2], p[:, 1::2], p[:, 0::2]
+            names = (f"a{level}", f"b{level}", f"c{level}")
+            if pairs == 1:
+                left = np.stack([ph[:, 0], tp], axis=1)
+                right = np.stack([gl[:, 0], gl[:, 0]], axis=1)
+                prod = self._beaver(left, right, m, Mul(), names)
+                g_final = add(gh[:, 0], prod[:, 0])
+                tg = add(tg, prod[:, 1])
+                break
+            left = np.concatenate([ph, ph[:, 1:], tp[:, None], tp[:, None]], axis=1)
+            right = np.concatenate([gl, pl[:, 1:], gl[:, -1:], pl[:, -1:]], axis=1)
+            prod = self._beaver(left, right, m, Mul(), names)
+            g = add(gh, prod[:, :pairs])
+            unused = np.zeros_like(prod[:, :1])  # the bottom group's propagate: never needed
+            p = np.concatenate([unused, prod[:, pairs:2 * pairs - 1]], axis=1)
+            tg = add(tg, prod[:, 2 * pairs - 1])
+            tp = prod[:, 2 * pairs]
+        # msb = t xor borrow = t + g - 2 t g
+        return sub(add(t, g_final), mp(tg, U64(2)))
+
+    def ltz(self, x: np.ndarray) -> np.ndarray:
+        m = self.material.take(Request("ltz", x.shape[1:]))
+        flat = x.reshape(4, -1)
+        return self._msb(flat, m).reshape(x.shape)
+
+    def relu(self, x: np.ndarray) -> np.ndarray:
+        m = self.material.take(Request("relu", x.shape[1:]))
+        flat = x.reshape(4, -1)
+        keep = self.add_public(self.neg(self._msb(flat, m)), ONE)
+        return self._beaver(flat, keep, m, Mul(), ("ra", "rb", "rc")).reshape(x.shape)

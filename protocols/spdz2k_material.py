@@ -1,0 +1,264 @@
+"""Authenticated preprocessing for SPDZ2k from a trusted dealer, seed-compressed.
+
+Every field of a request is a 128-bit value x (mod 2^(k+s)) held as additive shares with
+MAC shares of alpha * x; alpha is the dealer's MAC key. As in `protocols.correlations`, all
+parties but the last expand their shares from the PRG they share with the dealer; the last
+party expands what is free (the value shares of free fields) and receives corrections for
+the rest (every MAC share, and the value shares of dependent or known fields), in one
+offline message. A field is
+  FREE   uniform: the value is the sum of the expanded shares;
+  KNOWN  uniform and known to one party (input and output masks): drawn from a second PRG
+         that party shares with the dealer;
+  DEP    fixed by earlier fields or by the dealer's private randomness (triple products,
+         mask bits, truncation parts).
+Parties expand lazily, one request at a time in plan order (`LazyStore.take`), so the
+material of a whole network never sits expanded in memory.
+
+The plan comes from `Spdz2kPlanner`, which adds "input" and "reveal" requests (their masks)
+to what `protocols.clear.Planner` records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpc.errors import PreprocessingError
+from mpc.net.channel import Channel
+from mpc.prg import PRG
+from protocols import ring128_ops as r128
+from protocols.clear import Planner
+from protocols.correlations import Request
+
+FREE, KNOWN, DEP = "free", "known", "dep"
+LOW63 = np.uint64((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class AField:
+    name: str
+    shape: tuple[int, ...]
+    kind: str
+    known_to: int = -1
+
+    @property
+    def words(self) -> int:
+        """uint64 words of one 128-bit array of this field."""
+        return 2 * int(np.prod(self.shape, dtype=np.int64))
+
+
+class Spdz2kPlanner(Planner):
+    """The clear planner, also recording inputs and reveals (they consume masks here)."""
+
+    def input(self, value: np.ndarray | None, owner: int, shape: tuple[int, ...]) -> np.ndarray:
+        if not 0 <= owner < self.n_parties:
+            raise ValueError(f"input owner {owner} is not a party (0..{self.n_parties - 1})")
+        self.plan.append(Request("input", tuple(shape), (owner,)))
+        return super().input(value, owner, shape)
+
+    def reveal(self, x: np.ndarray, to: Iterable[int]) -> np.ndarray | None:
+        targets = self.check_reveal_targets(to)
+        self.plan.append(Request("reveal", x.shape[1:], targets))
+        return super().reveal(x, to)
+
+
+# -- the comparison circuit's shape (shared by the dealer and the online phase) -------------
+
+#: Pairs combined at each AND level of the carry tree over 32 groups (31 bit pairs, bit 62).
+TREE_PAIRS = (16, 8, 4, 2, 1)
+
+
+def products_at_level(pairs: int) -> int:
+    """Beaver products at a level: every pair's generate, every pair's propagate but the
+    bottom one's (never needed), and the top group's two products with t = c63 ^ r63; the
+    last level needs only the generate and its product with t."""
+    return 2 if pairs == 1 else 2 * pairs + 1
+
+
+def fields(request: Request) -> list[AField]:
+    """The authenticated fields of a request, in dealing order."""
+    kind, shape = request.kind, request.shape
+    if kind == "input":
+        return [AField("r", shape, KNOWN, request.other[0])]
+    if kind == "reveal":
+        masks = [AField(f"mask{t}", shape, KNOWN, t) for t in request.other]
+        return [*masks, AField("check0", (), FREE), AField("check1", (), FREE)]
+    if kind == "triple":
+        out = request.op.out_shape(request.shape, request.other)
+        return [AField("a", shape, FREE), AField("b", request.other, FREE),
+                AField("c", out, DEP)]
+    if kind == "trunc":
+        return [AField("r", shape, FREE), AField("r_msb", shape, DEP),
+                AField("r_low_shifted", shape, DEP)]
+    if kind in ("ltz", "relu"):
+        n = request.size
+        out = [AField("bits", (64, n), DEP), AField("pairs", (32, n), DEP)]
+        for level, pairs in enumerate(TREE_PAIRS):
+            m = products_at_level(pairs)
+            out += [AField(f"a{level}", (m, n), FREE), AField(f"b{level}", (m, n), FREE),
+                    AField(f"c{level}", (m, n), DEP)]
+        if kind == "relu":
+            out += [AField("ra", (n,), FREE), AField("rb", (n,), FREE), AField("rc", (n,), DEP)]
+        return out
+    raise ValueError(f"unknown preprocessing kind {kind!r}")
+
+
+def _derive(request: Request, name: str, values: dict[str, np.ndarray],
+            private: PRG) -> np.ndarray:
+    """The dealer's value of a dependent field (128-bit, (2, *shape))."""
+    if request.kind == "triple":
+        return r128.bilinear(request.op, values["a"], values["b"])
+    if request.kind == "trunc":
+        low = values["r"][0]
+        if name == "r_msb":
+            return r128.lift(low >> np.uint64(63))
+        return r128.lift((low & LOW63) >> np.uint64(request.frac_bits))
+    if name == "bits":
+        words = private.ring_elements((request.size,))
+        return r128.lift((words[None, :] >> np.arange(64, dtype=np.uint64)[:, None])
+                         & np.uint64(1))
+    if name == "pairs":
+        bits = values["bits"][0]
+        return r128.lift(np.concatenate([bits[1:62:2] * bits[0:62:2], bits[63:64] * bits[62:63]]))
+    if name.startswith("c") or name == "rc":
+        prefix = "r" if name == "rc" else ""
+        suffix = "" if name == "rc" else name[1:]
+        return r128.mul(values[f"{prefix}a{suffix}"], values[f"{prefix}b{suffix}"])
+    raise ValueError(f"no rule for field {name} of {request.kind}")
+
+
+def _draw(prg: PRG, field: AField) -> np.ndarray:
+    return prg.ring_elements((2, *field.shape))
+
+
+def correction_words(request: Request) -> int:
+    """Words the last party receives for `request`: MAC shares always, value shares unless
+    the field is free."""
+    return sum(f.words * (1 if f.kind == FREE else 2) for f in fields(request))
+
+
+def deal_into(request: Request, prgs: list[PRG], known: list[PRG], alpha: np.ndarray,
+              private: PRG, out: np.ndarray) -> None:
+    """The dealer's side for one request: write the last party's corrections into `out`."""
+    values: dict[str, np.ndarray] = {}
+    offset = 0
+
+    def put(array: np.ndarray) -> None:
+        nonlocal offset
+        flat = array.reshape(-1)
+        out[offset:offset + flat.size] = flat
+        offset += flat.size
+
+    for field in fields(request):
+        if field.kind == FREE:
+            shares = [_draw(p, field) for p in prgs]
+            value = shares[0]
+            for s in shares[1:]:
+                value = r128.add(value, s)
+        else:
+            value = (_draw(known[field.known_to], field) if field.kind == KNOWN
+                     else _derive(request, field.name, values, private))
+            rest = value
+            for p in prgs[:-1]:
+                rest = r128.sub(rest, _draw(p, field))
+            put(rest)
+        values[field.name] = value
+        mac = r128.mul(alpha.reshape(2, *(1,) * len(field.shape)), value)
+        for p in prgs[:-1]:
+            mac = r128.sub(mac, _draw(p, field))
+        put(mac)
+    if offset != out.size:
+        raise AssertionError("correction layout mismatch")
+
+
+def serve(plan: list[Request], prgs: list[PRG], known: list[PRG], private: PRG,
+          channel: Channel, last_party: int) -> int:
+    """Dealer: draw alpha (in Z_2^64), deal the plan, send the last party one message.
+    Returns the number of words sent."""
+    alpha = r128.lift(private.ring_elements((1,)))[:, 0]
+    sizes = [correction_words(r) for r in plan]
+    flat = np.empty(2 + sum(sizes), dtype=np.uint64)
+    alpha_last = alpha
+    for p in prgs[:-1]:
+        alpha_last = r128.sub(alpha_last, p.ring_elements((2,)))
+    flat[:2] = alpha_last
+    offset = 2
+    for request, size in zip(plan, sizes, strict=True):
+        deal_into(request, prgs, known, alpha, private, flat[offset:offset + size])
+        offset += size
+    with channel.stage("preprocessing"):
+        channel.send(last_party, flat)
+        for party in range(len(prgs)):  # the others expand lazily: tell them the offline
+            if party != last_party:      # phase is over, so its time is measured for all
+                channel.send(party, np.zeros(1, dtype=np.uint64))
+    return flat.size + len(prgs) - 1
+
+
+class LazyStore:
+    """One party's material: expanded from its PRGs (and corrections) request by request,
+    in plan order, each item once. `used` counts items taken."""
+
+    def __init__(self, plan: list[Request], prg: PRG, known: PRG, party: int,
+                 corrections: np.ndarray | None) -> None:
+        self._plan = list(plan)
+        self._prg = prg
+        self._known = known
+        self._party = party
+        self._corr = corrections
+        self._offset = 0
+        self.used = 0
+
+    def __len__(self) -> int:
+        return len(self._plan) - self.used
+
+    def take(self, request: Request) -> dict[str, np.ndarray]:
+        if self.used >= len(self._plan):
+            raise PreprocessingError(
+                f"no preprocessing material left for {request.kind} {request.shape} "
+                f"(item {self.used + 1}); each item is used once, so the computation needs "
+                "more than was planned")
+        planned = self._plan[self.used]
+        if planned != request:
+            raise PreprocessingError(
+                f"item {self.used + 1} was planned as {planned.kind} {planned.shape} but the "
+                f"computation asks for {request.kind} {request.shape}: plan and program differ")
+        self.used += 1
+        return self._expand(request)
+
+    def _correction(self, field: AField) -> np.ndarray:
+        size = field.words
+        part = self._corr[self._offset:self._offset + size].reshape(2, *field.shape)
+        self._offset += size
+        return part
+
+    def _expand(self, request: Request) -> dict[str, np.ndarray]:
+        last = self._corr is not None
+        material = {}
+        for field in fields(request):
+            if field.kind == KNOWN and field.known_to == self._party:
+                material[field.name + "_value"] = _draw(self._known, field)
+            if field.kind == FREE or not last:
+                value = _draw(self._prg, field)
+            else:
+                value = self._correction(field)
+            mac = self._correction(field) if last else _draw(self._prg, field)
+            material[field.name] = np.concatenate([value, mac])
+        return material
+
+
+def receive(plan: list[Request], prg: PRG, known: PRG, party: int, is_last: bool,
+            channel: Channel, dealer: int) -> tuple[np.ndarray, LazyStore]:
+    """Party side of the offline phase: this party's alpha share and its material store."""
+    with channel.stage("preprocessing"):
+        flat = channel.recv(dealer)
+    if not is_last:
+        if flat.dtype != np.uint64 or flat.shape != (1,):
+            raise PreprocessingError("the dealer's end-of-preprocessing message is malformed")
+        return prg.ring_elements((2,)), LazyStore(plan, prg, known, party, None)
+    expected = 2 + sum(correction_words(r) for r in plan)
+    if flat.dtype != np.uint64 or flat.ndim != 1 or flat.size != expected:
+        raise PreprocessingError(f"dealer sent {flat.dtype}{flat.shape}; the plan needs "
+                                 f"{expected} uint64 words")
+    return flat[:2].copy(), LazyStore(plan, prg, known, party, flat[2:])

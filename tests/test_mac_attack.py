@@ -1,0 +1,160 @@
+"""Active security of spdz2k: why the MAC lives mod 2^(k+s), and that any altered message
+aborts the run with no output.
+
+1. The forgery SPDZ2k is built against: with values and MACs mod 2^k, adding 2^(k-1) to a
+   value and 2^(k-1) to its MAC passes the check exactly when alpha is odd (probability 1/2);
+   mod 2^(k+s) the same cheat needs alpha = 1 mod 2^(s+1) (probability 2^-(s+1)).
+2. The same cheat against the implementation (a corrupt party shifts its value and MAC shares
+   by 2^63, or shifts an opened value by 2^63) is caught in every trial.
+3. For 2 and 3 parties, every message of every party of a small program (input, mul, trunc,
+   relu, reveal to party 0), altered once with `protocols.tamper`, makes the run raise
+   `CheatingDetected` (the launcher reports the detecting party; its peers stop with
+   `PeerLost`), and no party's reveal returns a value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from protocol_helpers import secret
+
+from mpc.errors import CheatingDetected
+from protocols import ring128_ops as r128
+from protocols.base import Protocol
+from protocols.clear import Clear
+from protocols.run import run
+from protocols.tamper import Tamper, honest_message_counts
+
+FRAC = 16
+X = np.array([3 << FRAC, -(5 << FRAC), 1 << 10, -7, 0], dtype=np.int64)
+Y = np.array([-(2 << FRAC), 3 << FRAC, 1 << FRAC, 9 << FRAC, 4], dtype=np.int64)
+HALF = 1 << 63
+
+
+# -- 1. the forgery against a MAC mod 2^k ------------------------------------------------------
+def forge_rate(k: int, s: int, trials: int, rng: np.random.Generator) -> float:
+    """Fraction of trials in which value + 2^(k-1), MAC + 2^(k-1) passes a MAC check mod
+    2^(k+s) (s = 0: the MAC lives mod 2^k only), for uniform keys alpha in Z_2^max(s,k)."""
+    modulus = 1 << (k + s)
+    wins = 0
+    for _ in range(trials):
+        alpha = int(rng.integers(0, 1 << 62)) | (int(rng.integers(0, 1 << 62)) << 62)
+        alpha %= 1 << max(s, k)
+        x = int(rng.integers(0, 1 << 62))
+        mac = alpha * x % modulus
+        x_forged, mac_forged = x + (1 << (k - 1)), (mac + (1 << (k - 1))) % modulus
+        wins += alpha * x_forged % modulus == mac_forged
+    return wins / trials
+
+
+def test_a_mac_mod_2_k_is_forged_half_the_time():
+    rng = np.random.default_rng(2018)
+    assert 0.45 < forge_rate(64, 0, 4000, rng) < 0.55
+
+
+def test_the_same_forgery_fails_mod_2_k_plus_s():
+    rng = np.random.default_rng(2018)
+    assert forge_rate(64, 64, 4000, rng) == 0.0
+    # with a tiny s the success probability 2^-(s+1) is visible: s = 2 gives 1/8
+    assert 0.09 < forge_rate(64, 2, 4000, rng) < 0.16
+
+
+# -- 2. the same cheat against the implementation ----------------------------------------------
+class ShiftedShare:
+    """Party 0 adds 2^63 to its value share and to its MAC share of x, then x is revealed."""
+
+    def __init__(self) -> None:
+        self.outputs: list[int] = []
+
+    def __deepcopy__(self, memo: dict) -> ShiftedShare:
+        return self
+
+    def __call__(self, p: Protocol):
+        x = secret(p, X, 1)
+        if not isinstance(p, Clear) and p.party_id == 0:
+            x.share = r128.add(x.share, np.array([HALF, 0, HALF, 0], dtype=np.uint64))
+        out = x.reveal(1)
+        if out is not None and not isinstance(p, Clear):
+            self.outputs.append(p.party_id)
+        return out
+
+
+@pytest.mark.parametrize("trial", range(8))
+def test_shifting_value_and_mac_by_2_63_is_caught(trial):
+    program = ShiftedShare()
+    with pytest.raises(CheatingDetected, match="MAC check failed"):
+        run("spdz2k", program, timeout=20)
+    assert program.outputs == []
+
+
+@pytest.mark.parametrize("trial", range(8))
+def test_shifting_an_opened_value_by_2_63_is_caught(trial):
+    """Party 1's first opening message (its share of the Beaver e, d of x * y) plus 2^63."""
+    program = Program()
+    counts = honest_message_counts(run("spdz2k", Program())[:2])
+    assert counts[1] > 2
+    # message 0 is party 1's input, 1 the product's opening; flipping bit 63 adds 2^63
+    tamper = Tamper(1, 1, mode="flip", position=7, bit=7)
+    with pytest.raises(CheatingDetected, match="MAC check failed"):
+        run("spdz2k", program, hook=tamper, timeout=20)
+    assert tamper.fired and program.outputs == []
+
+
+# -- 3. any altered message aborts -------------------------------------------------------------
+class Program:
+    """input, mul, trunc, relu, reveal to party 0; records which parties got an output."""
+
+    def __init__(self) -> None:
+        self.outputs: list[int] = []
+
+    def __deepcopy__(self, memo: dict) -> Program:  # the planner's dry run shares the log
+        return self
+
+    def __call__(self, p: Protocol) -> np.ndarray | None:
+        x = secret(p, X, 0)
+        y = secret(p, Y, 1)
+        z = (x * y).trunc(FRAC).relu()
+        out = z.reveal(0)
+        if out is not None and not isinstance(p, Clear):
+            self.outputs.append(p.party_id)
+        return out
+
+
+def honest_counts(n: int) -> list[int]:
+    program = Program()
+    reports = run("spdz2k", program, n_parties=n)[:n]
+    got = reports[0].result.view(np.int64)
+    assert np.all(np.abs(got - np.maximum((X * Y) >> FRAC, 0)) <= 1)
+    assert program.outputs == [0]
+    return honest_message_counts(reports)
+
+
+CASES = [(n, party, k) for n in (2, 3) for party, count in enumerate(honest_counts(n))
+         for k in range(count)]
+
+
+def test_every_party_sends_messages():
+    for n in (2, 3):
+        assert min(honest_counts(n)) > 10
+
+
+@pytest.mark.parametrize(("n", "party", "index"), CASES,
+                         ids=[f"n{n}-P{p}-m{k}" for n, p, k in CASES])
+def test_any_altered_message_aborts_with_no_output(n, party, index):
+    program = Program()
+    tamper = Tamper(party, index, delta=1 + index % 250)
+    with pytest.raises(CheatingDetected):
+        run("spdz2k", program, n_parties=n, hook=tamper, timeout=20)
+    assert len(tamper.fired) == 1 and tamper.fired[0][1] == index
+    assert program.outputs == []
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_flipping_a_high_bit_aborts(n):
+    counts = honest_counts(n)
+    for party in range(n):
+        program = Program()
+        tamper = Tamper(party, counts[party] // 2, mode="flip", position=5, bit=7)
+        with pytest.raises(CheatingDetected):
+            run("spdz2k", program, n_parties=n, hook=tamper, timeout=20)
+        assert program.outputs == []
