@@ -115,11 +115,14 @@ def _process_main(party: int, role_file: str, config: RunConfig, tls: TlsFiles,
 
 
 def run_processes(roles: Sequence[Role], config: RunConfig, cert_dir: str | Path | None = None,
-                  connect_timeout: float = 30.0, deadline: float | None = None) -> list[Any]:
+                  connect_timeout: float = 30.0, deadline: float | None = None,
+                  route: Callable[[dict], dict] | None = None) -> list[Any]:
     """Run every role in its own process, linked by TCP with mutual TLS on loopback.
 
     Roles must be picklable (module-level functions or functools.partial of them).
-    Certificates are made fresh in `cert_dir` (a temporary folder by default).
+    Certificates are made fresh in `cert_dir` (a temporary folder by default). `route`
+    maps the parties' listening addresses to the addresses peers should dial (a simulated
+    network puts relays in between); parties still listen where they are.
     """
     n = len(roles)
     ctx = multiprocessing.get_context("spawn")
@@ -145,7 +148,7 @@ def run_processes(roles: Sequence[Role], config: RunConfig, cert_dir: str | Path
         try:
             return _collect(procs, pipes, port_queue, result_queue, connect_timeout,
                             deadline if deadline is not None else
-                            connect_timeout + 4 * config.timeout + 120)
+                            connect_timeout + 4 * config.timeout + 120, route)
         finally:
             for proc in procs:
                 proc.join(timeout=5)
@@ -155,7 +158,8 @@ def run_processes(roles: Sequence[Role], config: RunConfig, cert_dir: str | Path
 
 
 def _collect(procs: list, pipes: list, port_queue: Any, result_queue: Any,
-             connect_timeout: float, total_seconds: float) -> list[Any]:
+             connect_timeout: float, total_seconds: float,
+             route: Callable[[dict], dict] | None = None) -> list[Any]:
     n = len(procs)
     ports: dict[int, int] = {}
     start = time.monotonic()
@@ -171,6 +175,8 @@ def _collect(procs: list, pipes: list, port_queue: Any, result_queue: Any,
             if dead:
                 raise PartyFailed(dead[0], "process exited before it started listening") from None
     addresses = {p: ("127.0.0.1", ports[p]) for p in range(n)}
+    if route is not None:
+        addresses = route(addresses)
     for _, sender in pipes:
         sender.send(addresses)
     results: list[Any] = [None] * n

@@ -79,7 +79,7 @@ class Classification:
 def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated",
              n_parties: int | None = None, transport: str = "threads",
              reveal_logits: bool = False, audit: bool = False,
-             timeout: float = 60.0) -> Classification:
+             timeout: float = 60.0, route=None) -> Classification:
     """Labels of `features` (float, (batch, *input_shape) or one example) under `scheme`.
 
     Each party's program gets only what that party owns: the client the encoded features,
@@ -103,7 +103,8 @@ def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated
             model=model if party == MODEL_OWNER else public,
             features=encoded if party == CLIENT else None, batch=batch,
             reveal_logits=reveal_logits, audit=audit))
-    reports = run(scheme, programs, n_parties=n, transport=transport, timeout=timeout)
+    reports = run(scheme, programs, n_parties=n, transport=transport, timeout=timeout,
+                  route=route)
     compute = reports[:n]
     outputs = [r.result for r in compute]
     errors: list[float | None] = [None] * len(outputs[CLIENT].layers)

@@ -102,7 +102,8 @@ def dealer_role(runtime: Runtime, plan: list[Request], hook: Hook | None = None,
 
 def run(scheme: str, program: Program | Sequence[Program], n_parties: int | None = None,
         transport: str = "threads", timeout: float = 60.0,
-        hook: Hook | None = None) -> list[PartyReport]:
+        hook: Hook | None = None, route: Callable[[dict], dict] | None = None
+        ) -> list[PartyReport]:
     """Run `program` on every party of `scheme`; reports of the compute parties, then the
     dealer's if the scheme has one.
 
@@ -128,5 +129,5 @@ def run(scheme: str, program: Program | Sequence[Program], n_parties: int | None
     if transport == "threads":
         return run_threads(roles, config)
     if transport == "tcp":
-        return run_processes(roles, config)
+        return run_processes(roles, config, route=route)
     raise ValueError(f"unknown transport {transport!r}: 'threads' or 'tcp'")
