@@ -12,7 +12,7 @@ import numpy as np
 
 from mpc.errors import SottovoceError
 
-SCHEMES = ("replicated", "additive")
+SCHEMES = ("replicated", "additive", "rep4", "spdz2k")  # every scheme the runner offers
 
 
 def _features(paths: list[Path], config) -> np.ndarray:
@@ -58,8 +58,8 @@ def _classify_clips(paths: list[Path], model_path: Path, scheme: str, transport:
         print(f"{'clip':<34}{'secure':>12}{'plaintext':>12}")
         for r in rows:
             print(f"{r['clip']:<34}{r['secure']:>12}{r['plaintext']:>12}")
-        print(f"\nscheme {scheme} over {transport} ({summary['parties']} processes "
-              f"incl. dealer)" if scheme == "additive" else
+        print(f"\nscheme {scheme} over {transport} ({summary['parties']} processes, "
+              "a dealer included)" if scheme in ("additive", "spdz2k") else
               f"\nscheme {scheme} over {transport} ({summary['parties']} parties)")
         print(f"{count} clips in one batch: online {summary['online_seconds'] * 1e3:.0f} ms "
               f"({summary['online_seconds'] * 1e3 / count:.0f} ms per clip), offline "
@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, transport: str) -> None:
         p.add_argument("--scheme", choices=SCHEMES, default="replicated",
                        help="replicated: 3PC passive (default); additive: 2PC passive "
-                            "with a dealer")
+                            "with a dealer; rep4: 4PC active; spdz2k: 2PC active with a "
+                            "dealer (slow: about 30 s and 8 GB per clip)")
         p.add_argument("--parties", type=int, default=None,
                        help="compute parties (additive only: 2 or more)")
         p.add_argument("--transport", choices=("tcp", "threads"), default=transport,
@@ -243,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except SottovoceError as exc:
         print(f"sottovoce: error: {exc}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", ()):  # what the other parties saw
+            print(f"  {note}", file=sys.stderr)
         return 2
 
 
