@@ -469,6 +469,9 @@ def _mulwide(x: np.uint64, y: np.uint64) -> tuple[np.uint64, np.uint64]:  # prag
     return lo, hi
 
 
+mulwide = _mulwide  # the 64x64 -> 128-bit product, for kernels in other modules
+
+
 @numba.njit(cache=True, nogil=True)
 def _add128_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     for t in range(a.shape[0]):

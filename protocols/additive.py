@@ -14,12 +14,12 @@ import numpy as np
 from mpc.errors import ProtocolError
 from mpc.runtime import Runtime
 from protocols import masked, store
-from protocols.base import BilinearOp, Protocol
+from protocols.base import BilinearOp, MaskedPrimitives, Protocol
 from protocols.clear import Planner
 from protocols.correlations import ARITH, Request
 
 
-class Additive(Protocol):
+class Additive(MaskedPrimitives, Protocol):
     name = "additive"
     components = 1
     needs_dealer = True
@@ -115,15 +115,6 @@ class Additive(Protocol):
     def _masked(self, kind: str, x: np.ndarray, **params: int) -> np.ndarray:
         m = self.material.take(Request(kind, x.shape[1:], **params))
         return masked.run(kind, self.group, x[0, ...], m, **params)[None]
-
-    def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
-        return self._masked("trunc", x, frac_bits=frac_bits)
-
-    def ltz(self, x: np.ndarray) -> np.ndarray:
-        return self._masked("ltz", x)
-
-    def relu(self, x: np.ndarray) -> np.ndarray:
-        return self._masked("relu", x)
 
 
 class AdditivePlanner(Planner):

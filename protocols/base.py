@@ -138,3 +138,20 @@ class Protocol(ABC):
                 raise ValueError(f"input of shape {value.shape}, declared {tuple(shape)}")
             return value
         return None
+
+
+class MaskedPrimitives:
+    """trunc, ltz and relu for schemes that run them as masked sub-protocols
+    (`protocols.masked`): the scheme supplies `_masked(kind, x, **params)`."""
+
+    def _masked(self, kind: str, x: np.ndarray, **params: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
+        return self._masked("trunc", x, frac_bits=frac_bits)
+
+    def ltz(self, x: np.ndarray) -> np.ndarray:
+        return self._masked("ltz", x)
+
+    def relu(self, x: np.ndarray) -> np.ndarray:
+        return self._masked("relu", x)

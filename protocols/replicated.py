@@ -20,14 +20,14 @@ import numpy as np
 from mpc.errors import ProtocolError
 from mpc.runtime import Runtime
 from protocols import masked, store
-from protocols.base import BilinearOp, Protocol
+from protocols.base import BilinearOp, MaskedPrimitives, Protocol
 from protocols.correlations import Request
 
 HELPER = 2
 PAIR = (0, 1)
 
 
-class Replicated(Protocol):
+class Replicated(MaskedPrimitives, Protocol):
     name = "replicated"
     components = 2
 
@@ -172,12 +172,3 @@ class Replicated(Protocol):
         mine = t - z2
         other = self.channel.exchange({0: mine}, (0,))[0]
         return np.stack([mine + other, z2])
-
-    def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
-        return self._masked("trunc", x, frac_bits=frac_bits)
-
-    def ltz(self, x: np.ndarray) -> np.ndarray:
-        return self._masked("ltz", x)
-
-    def relu(self, x: np.ndarray) -> np.ndarray:
-        return self._masked("relu", x)

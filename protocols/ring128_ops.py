@@ -118,23 +118,12 @@ def sum_axes(x: np.ndarray, axes: tuple[int, ...], keepdims: bool = False) -> np
 
 @numba.njit(cache=True, nogil=True)
 def _dot_kernel(lo: np.ndarray, hi: np.ndarray, c: np.ndarray) -> tuple:  # pragma: no cover
-    m32 = np.uint64(0xFFFFFFFF)
-    s32 = np.uint64(32)
     acc_lo = np.uint64(0)
     acc_hi = np.uint64(0)
     for j in range(c.shape[0]):
-        x = lo[j]
         y = c[j]
-        xl = x & m32
-        xh = x >> s32
-        yl = y & m32
-        yh = y >> s32
-        ll = xl * yl
-        lh = xl * yh
-        hl = xh * yl
-        mid = (ll >> s32) + (lh & m32) + (hl & m32)
-        p_lo = (ll & m32) | (mid << s32)
-        p_hi = xh * yh + (lh >> s32) + (hl >> s32) + (mid >> s32) + hi[j] * y
+        p_lo, p_hi = ring.mulwide(lo[j], y)  # (lo + 2^64 hi) * y mod 2^128
+        p_hi += hi[j] * y
         acc_lo += p_lo
         acc_hi += p_hi + np.uint64(acc_lo < p_lo)
     return acc_lo, acc_hi
