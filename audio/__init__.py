@@ -43,6 +43,11 @@ __all__ = [
 
 DEFAULT_MAX_DURATION = 60.0
 DEFAULT_MIN_DURATION = 0.1
+#: Source sample rates accepted by `load` (Hz): below 4 kHz a file cannot carry speech (and
+#: resampling would invent the signal), above 384 kHz (the highest common studio rate) a
+#: 60 s clip would already hold 23 million frames per channel.
+MIN_SAMPLE_RATE = 4000
+MAX_SAMPLE_RATE = 384000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +116,8 @@ def load(
     Raises :class:`AudioError` naming the file for: a missing or unreadable file, a
     truncated file (WAV data chunk shorter than declared, Ogg without end-of-stream page,
     FLAC/other decoder errors or fewer frames than declared), empty audio, NaN/inf samples,
-    and a clip longer than ``max_duration`` or shorter than ``min_duration``.
+    a source rate outside ``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE``, and a clip longer than
+    ``max_duration`` or shorter than ``min_duration``.
     """
     path = Path(path)
     name = str(path)
@@ -131,6 +137,9 @@ def load(
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioError(f"{name}: invalid header (rate {info.samplerate}, "
                          f"{info.channels} channels)")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{name}: sample rate {info.samplerate} Hz is outside the supported "
+                         f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
 
     problem = _riff_truncation(path, size) or _ogg_truncation(path, size)
     if problem:

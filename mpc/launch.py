@@ -39,12 +39,21 @@ class PartyFailed(SottovoceError):
         return (PartyFailed, (self.party_id, self.error))
 
 
-def _first_failure(errors: dict[int, BaseException]) -> tuple[int, BaseException]:
-    """The root cause: prefer a party that failed on its own over one that lost a peer."""
-    own = {p: e for p, e in errors.items() if not isinstance(e, PeerLost)}
-    pool = own or errors
-    party = min(pool)
-    return party, pool[party]
+def _first_failure(errors: dict[int, BaseException], observed: frozenset[int] = frozenset()
+                   ) -> tuple[int, BaseException]:
+    """The root cause: a party the launcher saw die or hang (`observed`: the others' timeouts
+    and lost links follow from it), else the first (in the order failures came in) that
+    failed on its own (a bad frame, a timeout, a failed check), else the first that lost a
+    peer. The other parties' errors are added to it as notes, so what each of them saw (and
+    at which step) is kept."""
+    own = {p: e for p, e in errors.items() if p not in observed and not isinstance(e, PeerLost)}
+    pool = {p: e for p, e in errors.items() if p in observed} or own or errors
+    party = next(iter(pool))
+    error = pool[party]
+    for other, exc in errors.items():
+        if other != party and hasattr(error, "add_note"):
+            error.add_note(f"party {other}: {type(exc).__name__}: {exc}")
+    return party, error
 
 
 def run_threads(roles: Sequence[Role], config: RunConfig) -> list[Any]:
@@ -148,7 +157,8 @@ def run_processes(roles: Sequence[Role], config: RunConfig, cert_dir: str | Path
         try:
             return _collect(procs, pipes, port_queue, result_queue, connect_timeout,
                             deadline if deadline is not None else
-                            connect_timeout + 4 * config.timeout + 120, route)
+                            connect_timeout + 4 * config.timeout + 120, route,
+                            grace=config.timeout + 2)
         finally:
             for proc in procs:
                 proc.join(timeout=5)
@@ -159,7 +169,7 @@ def run_processes(roles: Sequence[Role], config: RunConfig, cert_dir: str | Path
 
 def _collect(procs: list, pipes: list, port_queue: Any, result_queue: Any,
              connect_timeout: float, total_seconds: float,
-             route: Callable[[dict], dict] | None = None) -> list[Any]:
+             route: Callable[[dict], dict] | None = None, grace: float = 60.0) -> list[Any]:
     n = len(procs)
     ports: dict[int, int] = {}
     start = time.monotonic()
@@ -182,7 +192,22 @@ def _collect(procs: list, pipes: list, port_queue: Any, result_queue: Any,
     results: list[Any] = [None] * n
     errors: dict[int, BaseException] = {}
     done: set[int] = set()
+    observed: set[int] = set()  # failures the launcher saw itself: a crash, a hang
+    failed_at: float | None = None
     while len(done) < n:
+        if errors and failed_at is None:
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > grace:
+            # a party that neither finishes nor notices the failure (it stopped reading its
+            # links) would keep the launcher waiting for the deadline: stop it
+            for p in sorted(set(range(n)) - done):
+                errors[p] = PartyFailed(p, f"neither finished nor failed within {grace:g} s "
+                                           f"after party {next(iter(errors))} failed; "
+                                           "stopped")
+                observed.add(p)
+                done.add(p)
+                procs[p].kill()
+            break
         remaining = total_seconds - (time.monotonic() - start)
         if remaining <= 0:
             raise PartyFailed(min(set(range(n)) - done), "did not finish before the deadline")
@@ -192,7 +217,9 @@ def _collect(procs: list, pipes: list, port_queue: Any, result_queue: Any,
             crashed = [p for p, proc in enumerate(procs)
                        if p not in done and not proc.is_alive() and proc.exitcode != 0]
             for p in crashed:
-                errors[p] = PeerLost(f"process exited with code {procs[p].exitcode}")
+                errors[p] = PeerLost(f"party {p}'s process exited with code "
+                                     f"{procs[p].exitcode}")
+                observed.add(p)
                 done.add(p)
             continue
         done.add(party)
@@ -201,7 +228,7 @@ def _collect(procs: list, pipes: list, port_queue: Any, result_queue: Any,
         else:
             errors[party] = value
     if errors:
-        party, error = _first_failure(errors)
+        party, error = _first_failure(errors, frozenset(observed))
         if isinstance(error, SottovoceError):
             raise error
         raise PartyFailed(party, error)

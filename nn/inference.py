@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpc.limits import MAX_BATCH
 from nn.emulator import emulate
 from nn.layers import MODEL_OWNER
 from nn.model import CLIENT, LayerStats, PrivateInference, SecureModel
@@ -94,6 +95,9 @@ def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated
         raise ValueError(f"features of shape {features.shape[1:]}, the model takes "
                          f"{model.input_shape}")
     batch = features.shape[0]
+    if not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"a batch of {batch} examples; classify takes 1..{MAX_BATCH} "
+                         "(mpc.limits.MAX_BATCH: memory grows with the batch)")
     encoded = model.fixed.encode(features)
     n = n_parties or DEFAULT_PARTIES[scheme]
     public = model.public()

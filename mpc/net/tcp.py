@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpc.errors import PeerLost, PeerTimeout, ProtocolError, SottovoceError
+from mpc.errors import ConfigError, PeerLost, PeerTimeout, ProtocolError, SottovoceError
 from mpc.net import framing
 from mpc.net.certs import TlsFiles, party_name
 from mpc.net.channel import DEFAULT_TIMEOUT, Channel
@@ -35,8 +35,12 @@ def _contexts(tls: TlsFiles) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     for ctx in (server, client):
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        ctx.load_cert_chain(tls.cert, tls.key)
-        ctx.load_verify_locations(tls.ca)
+        try:
+            ctx.load_cert_chain(tls.cert, tls.key)
+            ctx.load_verify_locations(tls.ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"TLS files cannot be loaded (certificate {tls.cert}, key "
+                              f"{tls.key}, CA {tls.ca}): {exc}") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     client.check_hostname = False  # parties are identified by certificate name, not host
     return server, client
