@@ -24,11 +24,14 @@ from protocols.clear import Planner
 from protocols.correlations import Request
 from protocols.rep4 import Rep4
 from protocols.replicated import Replicated
+from protocols.replicated_mac import ReplicatedMac
 from protocols.spdz2k import Spdz2k
 
 SCHEMES: dict[str, type[Protocol]] = {"additive": Additive, "replicated": Replicated,
-                                      "rep4": Rep4, "spdz2k": Spdz2k}
-DEFAULT_PARTIES = {"additive": 2, "replicated": 3, "rep4": 4, "spdz2k": 2}
+                                      "rep4": Rep4, "spdz2k": Spdz2k,
+                                      "replicated_mac": ReplicatedMac}
+DEFAULT_PARTIES = {"additive": 2, "replicated": 3, "rep4": 4, "spdz2k": 2,
+                   "replicated_mac": 3}
 
 Program = Callable[[Protocol], Any]
 #: Called with each endpoint's runtime before its role starts (tests install faults with it).

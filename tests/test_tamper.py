@@ -20,7 +20,7 @@ from protocols.clear import Clear
 from protocols.run import DEFAULT_PARTIES, run
 from protocols.tamper import Tamper, honest_message_counts, tampered_run
 
-ACTIVE_SCHEMES = ["rep4"]
+ACTIVE_SCHEMES = ["rep4", "replicated_mac"]
 FRAC = 16
 X = np.array([3 << FRAC, -(5 << FRAC), 1 << 10, -7, 0], dtype=np.int64)
 Y = np.array([-(2 << FRAC), 3 << FRAC, 1 << FRAC, 9 << FRAC, 4], dtype=np.int64)
