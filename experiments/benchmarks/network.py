@@ -96,7 +96,7 @@ def run(quick: bool) -> str:
             n = DEFAULT_PARTIES[scheme]
             for transport in ("threads", "tcp"):
                 online, offline, setup, result = [], [], [], None
-                for _ in range(repeats if scheme not in MAX_BATCH else min(repeats, 2)):
+                for _ in range(repeats if scheme not in MAX_BATCH else 1):  # minutes each
                     result = classify(model, x, scheme=scheme, n_parties=n,
                                       transport=transport, timeout=600)
                     online.append(result.online_seconds)
@@ -149,8 +149,8 @@ def run(quick: bool) -> str:
               "offline MB/clip sent per party", "vs torch", "vs emulator", "labels = torch"]
     return (f"## Reference CNN end to end\n\nMachine: {cpu_model()}, 2 cores. Per clip: the "
             f"run's time divided by the batch; median and min over {repeats} runs after the "
-            "numba kernels are loaded. Online is the slowest party's time from the first input "
-            "to the label reaching the client; offline is preprocessing (dealer, or helper P2 "
+            "numba kernels are loaded (the MAC schemes: one run at batch 1). Online is the "
+            "slowest party's time from the first input to the label reaching the client; offline is preprocessing (dealer, or helper P2 "
             "in the replicated scheme); setup is the model owner sharing the weights, once per "
             "model, before any clip exists. Bytes are frame bytes (TLS adds its own framing). "
             "Parties run one numba thread each (they share the 2 cores).\n\n"
