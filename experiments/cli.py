@@ -15,26 +15,40 @@ from mpc.errors import SottovoceError
 SCHEMES = ("replicated", "additive", "rep4", "spdz2k", "replicated_mac")
 
 
-def _features(paths: list[Path], config) -> np.ndarray:
+def _features(paths: list[Path], config, bar) -> np.ndarray:
     import audio
 
-    return np.stack([audio.features(audio.load(p, sample_rate=config.sample_rate), config)
-                     for p in paths])
+    maps = []
+    for path in paths:
+        bar.set_postfix_str(f"features of {path.name}")
+        maps.append(audio.features(audio.load(path, sample_rate=config.sample_rate), config))
+        bar.update(1)
+    return np.stack(maps)
 
 
 def _classify_clips(paths: list[Path], model_path: Path, scheme: str, transport: str,
                     n_parties: int | None, as_json: bool, expected: dict[str, str] | None
                     ) -> int:
+    from tqdm import tqdm
+
     from experiments.modelfile import load_model, plaintext_logits
     from nn.inference import classify
 
     t0 = time.perf_counter()
-    loaded = load_model(model_path)
-    features = _features(paths, loaded.feature_config)
-    prep = time.perf_counter() - t0
-    result = classify(loaded.secure, features, scheme=scheme, transport=transport,
-                      n_parties=n_parties)
-    plain = plaintext_logits(loaded, features).argmax(axis=1)
+    with tqdm(total=len(paths) + 3, desc="sottovoce", unit="step", file=sys.stderr,
+              leave=False, disable=None) as bar:  # disable=None: silent when not a terminal
+        bar.set_postfix_str("loading and checking the model")
+        loaded = load_model(model_path)
+        bar.update(1)
+        features = _features(paths, loaded.feature_config, bar)
+        prep = time.perf_counter() - t0
+        bar.set_postfix_str(f"secure computation ({scheme}, {transport})")
+        result = classify(loaded.secure, features, scheme=scheme, transport=transport,
+                          n_parties=n_parties)
+        bar.update(1)
+        bar.set_postfix_str("plaintext reference")
+        plain = plaintext_logits(loaded, features).argmax(axis=1)
+        bar.update(1)
     labels = loaded.labels
     count = len(paths)
     rows = []
