@@ -14,10 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from mpc.launch import run_processes, run_threads
 from mpc.net.channel import Traffic
 from mpc.runtime import RunConfig, Runtime
-from protocols import store
+from protocols import bitslice, store
 from protocols.additive import Additive
 from protocols.base import Protocol
 from protocols.clear import Planner
@@ -70,6 +72,7 @@ def party_role(runtime: Runtime, scheme: str, program: Program,
         hook(runtime)
     protocol = SCHEMES[scheme](runtime)
     channel = runtime.channel
+    bitslice.slice_bits(np.zeros(64, dtype=np.uint64))  # load the kernel before timing
     start = time.perf_counter()
     protocol.preprocess(plan)
     offline = channel.traffic.copy()
