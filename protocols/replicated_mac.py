@@ -102,7 +102,7 @@ def _digest(data: bytes | np.ndarray) -> np.ndarray:
     return np.frombuffer(hashlib.sha256(raw).digest(), dtype=np.uint64).copy()
 
 
-class ReplicatedMac(Protocol):
+class ReplicatedMac(r128.Ring128Linear, Protocol):
     name = "replicated_mac"
     components = 8
 
@@ -137,18 +137,6 @@ class ReplicatedMac(Protocol):
         return CheatingDetected(f"party {self.party_id}: {what}")
 
     # -- local linear arithmetic (mod 2^128, values and MACs alike) -----------------------
-    def add(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return r128.add(x, y)
-
-    def sub(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return r128.sub(x, y)
-
-    def neg(self, x: np.ndarray) -> np.ndarray:
-        return r128.neg(x)
-
-    def mul_public(self, x: np.ndarray, value: np.ndarray) -> np.ndarray:
-        return r128.mul_public(x, value)
-
     def public_bilinear(self, x: np.ndarray, value: np.ndarray, op: BilinearOp,
                         public_left: bool) -> np.ndarray:
         if isinstance(op, Mul):

@@ -212,3 +212,20 @@ def bilinear_auth(op: Mul | MatMul | Conv2d, a: np.ndarray, b: np.ndarray,
     else:
         parts = [bilinear(op, a, b[0:2]), bilinear(op, a, b[2:4])]
     return np.concatenate(parts)
+
+
+class Ring128Linear:
+    """Local linear arithmetic for schemes whose share components are 128-bit limb pairs
+    (values and MACs alike): mixed into their Protocol classes."""
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return add(x, y)
+
+    def sub(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return sub(x, y)
+
+    def neg(self, x: np.ndarray) -> np.ndarray:
+        return neg(x)
+
+    def mul_public(self, x: np.ndarray, value: np.ndarray) -> np.ndarray:
+        return mul_public(x, value)

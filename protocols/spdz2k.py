@@ -62,7 +62,7 @@ LOW63 = U64((1 << 63) - 1)
 POW2 = (ONE << np.arange(64, dtype=np.uint64))
 
 
-class Spdz2k(Protocol):
+class Spdz2k(r128.Ring128Linear, Protocol):
     name = "spdz2k"
     components = 4
     needs_dealer = True
@@ -100,18 +100,6 @@ class Spdz2k(Protocol):
         return material.serve(plan, prgs, known, runtime.private_prg, runtime.channel, n - 1)
 
     # -- local linear arithmetic (mod 2^128, value and MAC alike) -------------------------
-    def add(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return r128.add(x, y)
-
-    def sub(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return r128.sub(x, y)
-
-    def neg(self, x: np.ndarray) -> np.ndarray:
-        return r128.neg(x)
-
-    def mul_public(self, x: np.ndarray, value: np.ndarray) -> np.ndarray:
-        return r128.mul_public(x, value)
-
     def public_bilinear(self, x: np.ndarray, value: np.ndarray, op: BilinearOp,
                         public_left: bool) -> np.ndarray:
         if isinstance(op, Mul):
