@@ -539,3 +539,36 @@ def test_unpicklable_result_fails_fast_instead_of_waiting_for_the_deadline():
         run_processes([_unpicklable_result] * 2, RunConfig(n_parties=2, timeout=5),
                       connect_timeout=20, deadline=40)
     assert time.monotonic() - start < 30
+
+
+@pytest.mark.timeout(30)
+def test_expired_certificate_is_refused(tmp_path):
+    """Certificates from the project CA that expired are refused (the CA itself is valid)."""
+    expired = make_certificates(tmp_path / "old", 2, valid_from_days=-400)  # ended 35 days ago
+    fresh = make_certificates(tmp_path / "new", 2)
+    # both parties hold certificates of one CA whose validity ended; the same set made
+    # valid connects (the control)
+    listeners, addresses = _listeners(2)
+    try:
+        channels, errors = _in_threads({
+            p: functools.partial(tcp.connect, p, addresses, expired[p], listener=listeners[p],
+                                 timeout=5, connect_timeout=5) for p in (0, 1)})
+    finally:
+        for sock in listeners.values():
+            sock.close()
+    for channel in channels.values():
+        channel.close()
+    assert not channels
+    assert all(isinstance(e, SottovoceError) for e in errors.values())
+    assert any("expired" in str(e) for e in errors.values()), errors
+    listeners, addresses = _listeners(2)
+    try:
+        channels, errors = _in_threads({
+            p: functools.partial(tcp.connect, p, addresses, fresh[p], listener=listeners[p],
+                                 timeout=5, connect_timeout=5) for p in (0, 1)})
+    finally:
+        for sock in listeners.values():
+            sock.close()
+    assert len(channels) == 2 and not errors
+    for channel in channels.values():
+        channel.close()

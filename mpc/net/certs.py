@@ -65,17 +65,19 @@ def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
 
 
 def make_certificates(directory: str | Path, n_parties: int,
-                      hosts: dict[int, str] | None = None) -> dict[int, TlsFiles]:
+                      hosts: dict[int, str] | None = None,
+                      valid_from_days: float = 0.0) -> dict[int, TlsFiles]:
     """Create a CA and one certificate per party in `directory`; return each party's files.
 
     `hosts` names each party's host (for the certificate's subject alternative names);
     parties are identified by the common name, so loopback defaults are fine for local runs.
+    `valid_from_days` shifts the validity window (tests make expired certificates with it).
     """
     if n_parties < 1:
         raise ValueError("need at least one party")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=valid_from_days)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=VALIDITY_DAYS)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (x509.CertificateBuilder()

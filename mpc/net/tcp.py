@@ -230,7 +230,7 @@ def _dial(party_id: int, peer: int, address: Address, client_ctx: ssl.SSLContext
             raw.close()
             raise AuthenticationError(
                 f"party {party_id}: TLS with party {peer} at {address[0]}:{address[1]} "
-                f"failed: {exc.reason or exc}") from None
+                f"failed: {getattr(exc, 'verify_message', None) or exc.reason or exc}") from None
         except (OSError, ProtocolError, PeerLost) as exc:
             raw.close()
             raise AuthenticationError(
