@@ -126,11 +126,13 @@ def _plot(chart: list[tuple[str, float, float]], path: Path) -> None:
     names = [c[0] for c in chart]
     online = [c[1] for c in chart]
     offline = [c[2] for c in chart]
-    fig, ax = plt.subplots(figsize=(max(6, len(chart) * 0.9), 4))
+    fig, ax = plt.subplots(figsize=(max(6, len(chart) * 1.0), 4.5))
     ax.bar(names, online, label="online")
     ax.bar(names, offline, bottom=online, label="offline")
-    ax.set_ylabel("seconds per clip")
+    ax.set_ylabel("seconds per clip (log scale)")
     ax.set_yscale("log")
+    ax.set_ylim(bottom=0.01)
+    ax.tick_params(axis="x", labelrotation=45, labelsize=8)
     ax.set_title("Private classification of one 3.5 s clip")
     ax.legend()
     fig.tight_layout()
