@@ -14,7 +14,7 @@ import numpy as np
 from audio import FeatureConfig
 from experiments.models import ARCHITECTURE, reference_cnn
 from mpc.errors import ConfigError
-from nn.importer import ImportReport, from_torch
+from nn.importer import ImportReport, ModelImportError, from_torch
 from nn.model import SecureModel
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -66,7 +66,10 @@ def load_model(path: str | Path, check: bool = True) -> LoadedModel:
             raise ConfigError(f"{path}: weight {name} has non-finite values")
     module.eval()
     labels = tuple(str(label) for label in data["labels"])
-    secure, report = from_torch(module, config.shape, labels=labels, check=check)
+    try:
+        secure, report = from_torch(module, config.shape, labels=labels, check=check)
+    except ModelImportError as exc:
+        raise ModelImportError(f"{path}: {exc}") from None
     return LoadedModel(module, secure, report, config, labels, data)
 
 

@@ -229,8 +229,9 @@ def test_weights_beyond_the_fixed_point_range_are_refused(tmp_path):
     last = _last_weight(data["state_dict"])
     data["state_dict"][last] = data["state_dict"][last] * 1e16  # encodings past 2^47
     path = _save(tmp_path, data)
-    with pytest.raises(ModelImportError, match="out of fixed-point range"):
+    with pytest.raises(ModelImportError, match="out of fixed-point range") as info:
         load_model(path, check=False)
+    assert str(path) in str(info.value)  # the error names the model file
 
 
 class _Payload:
