@@ -612,8 +612,8 @@ def mul128(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out.reshape(shape)
 
 
-def lshift128(a: np.ndarray, n: int) -> np.ndarray:
-    """a * 2^n mod 2^128; n >= 128 gives 0."""
+def _shift128(a: np.ndarray, n: int, kernel) -> np.ndarray:
+    """Apply a 128-bit shift kernel by n bits; n == 0 copies, n >= 128 gives 0."""
     a, n = _u128(a), _check_shift(n)
     if n == 0:
         return a.copy()
@@ -621,21 +621,18 @@ def lshift128(a: np.ndarray, n: int) -> np.ndarray:
         return np.zeros_like(a)
     fa = np.ascontiguousarray(a).reshape(-1, 2)
     out = np.empty_like(fa)
-    _lshift128_kernel(fa, _U64(n), out)
+    kernel(fa, _U64(n), out)
     return out.reshape(a.shape)
+
+
+def lshift128(a: np.ndarray, n: int) -> np.ndarray:
+    """a * 2^n mod 2^128; n >= 128 gives 0."""
+    return _shift128(a, n, _lshift128_kernel)
 
 
 def rshift_logical128(a: np.ndarray, n: int) -> np.ndarray:
     """floor(a / 2^n) for a read as unsigned 128-bit; n >= 128 gives 0."""
-    a, n = _u128(a), _check_shift(n)
-    if n == 0:
-        return a.copy()
-    if n >= 128:
-        return np.zeros_like(a)
-    fa = np.ascontiguousarray(a).reshape(-1, 2)
-    out = np.empty_like(fa)
-    _rshift128_kernel(fa, _U64(n), out)
-    return out.reshape(a.shape)
+    return _shift128(a, n, _rshift128_kernel)
 
 
 def _prep_matmul128(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
