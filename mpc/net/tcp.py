@@ -1,14 +1,16 @@
 """TCP transport with mutual TLS 1.3: one process per party, possibly on different hosts.
 
 Each ordered pair of parties has its own TLS connection (i dials j to send, j dials i to
-send back), so every TLS object is used by exactly one thread: the caller writes, one
-reader thread per incoming link reads whole frames into a queue. That keeps OpenSSL
-single-threaded per connection and makes large simultaneous exchanges deadlock-free.
+send back). After the handshake every link is non-blocking and driven by the party's own
+thread (`TcpChannel`): whenever it waits it reads every incoming link, so two parties
+sending each other megabytes at once never deadlock, and no thread hand-off sits in the
+path of a round.
 """
 
 from __future__ import annotations
 
-import queue
+import collections
+import select
 import socket
 import ssl
 import threading
@@ -94,67 +96,157 @@ def _write_frame(sock: socket.socket, array: np.ndarray, sequence: int) -> None:
     sock.sendall(framing.encode(array, sequence))
 
 
+class _FrameReader:
+    """Incremental parser of one incoming link: header, shape, then the payload read straight
+    into the array that will be handed to the protocol (no intermediate copy)."""
+
+    def __init__(self, max_payload: int) -> None:
+        self.max_payload = max_payload
+        self.sequence = 0
+        self.frames: collections.deque[np.ndarray] = collections.deque()
+        self._start(bytearray(framing.HEADER_SIZE), "header")
+
+    def _start(self, buffer, part: str) -> None:
+        self.buffer, self.view, self.got, self.part = buffer, memoryview(buffer), 0, part
+
+    @property
+    def mid_frame(self) -> bool:
+        return self.part != "header" or self.got > 0
+
+    def target(self) -> memoryview:
+        """Where the next received bytes go."""
+        return self.view[self.got:]
+
+    def advance(self, n: int) -> None:
+        """Account for `n` bytes written into `target()`; finish parts and frames."""
+        self.got += n
+        while self.got == len(self.buffer):
+            if self.part == "header":
+                self.dtype, self.ndim, self.length = framing.decode_header(
+                    bytes(self.buffer), self.sequence, self.max_payload)
+                if self.ndim:
+                    self._start(bytearray(8 * self.ndim), "shape")
+                    continue
+                self.shape = framing.decode_shape(b"", 0, self.dtype, self.length)
+            elif self.part == "shape":
+                self.shape = framing.decode_shape(bytes(self.buffer), self.ndim, self.dtype,
+                                                  self.length)
+            else:
+                self.frames.append(self.buffer.view(self.dtype).reshape(self.shape))
+                self.sequence += 1
+                self._start(bytearray(framing.HEADER_SIZE), "header")
+                return
+            self._start(np.empty(self.length, dtype=np.uint8), "payload")
+            if self.length:
+                return
+        # a part of length zero (empty payload) completes at once: handled by the loop
+
+
+_WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError)
+
+
 @dataclass
 class TcpChannel(Channel):
+    """All links of one party, driven from the calling thread: sockets are non-blocking and
+    every wait (for a frame, or for a send to drain) services every link, reading whatever
+    has arrived and writing what is pending. Reading while waiting to write keeps large
+    simultaneous exchanges deadlock-free without reader threads; no thread hand-off per
+    message is what makes a round cost tens of microseconds instead of hundreds."""
+
     outgoing: dict[int, ssl.SSLSocket] = field(default_factory=dict)
     incoming: dict[int, ssl.SSLSocket] = field(default_factory=dict)
     max_payload: int = framing.DEFAULT_MAX_PAYLOAD
 
-    def start_readers(self) -> None:
-        self._inbox: dict[int, queue.SimpleQueue] = {p: queue.SimpleQueue() for p in self.peers}
+    def start(self) -> None:
+        """Switch the authenticated links to non-blocking mode and start parsing frames."""
+        self._readers = {p: _FrameReader(self.max_payload) for p in self.incoming}
         self._failure: dict[int, Exception] = {}
-        self._readers = []
-        for peer, sock in self.incoming.items():
-            thread = threading.Thread(target=self._read_loop, args=(peer, sock),
-                                      name=f"party{self.party_id}-from{peer}", daemon=True)
-            thread.start()
-            self._readers.append(thread)
+        self._by_socket = {sock: p for p, sock in self.incoming.items()}
+        for sock in [*self.outgoing.values(), *self.incoming.values()]:
+            sock.setblocking(False)
 
-    def _read_loop(self, peer: int, sock: ssl.SSLSocket) -> None:
-        inbox = self._inbox[peer]
-        sequence = 0
+    # -- reading ---------------------------------------------------------------------------
+    def _read_available(self, peer: int) -> bool:
+        """Read everything the link from `peer` has (kernel and TLS buffers); True if any
+        byte arrived. A closed or broken link is recorded, not raised: it matters only when
+        this party waits for that peer."""
+        if peer in self._failure:
+            return False
+        sock, reader, progressed = self.incoming[peer], self._readers[peer], False
         try:
             while True:
-                array = _read_frame(sock, sequence, self.max_payload)
-                if array is None:
-                    inbox.put(PeerLost(f"party {peer} closed its connection"))
-                    return
-                inbox.put(array)
-                sequence += 1
+                n = sock.recv_into(reader.target())
+                if n == 0:
+                    where = " mid-message" if reader.mid_frame else ""
+                    self._failure[peer] = PeerLost(f"party {peer} closed its connection{where}")
+                    return progressed
+                reader.advance(n)
+                progressed = True
+        except _WOULD_BLOCK:
+            return progressed
         except ProtocolError as exc:
-            inbox.put(ProtocolError(f"party {peer} sent a bad frame: {exc}"))
-        except PeerLost as exc:
-            inbox.put(PeerLost(f"party {peer}: {exc}"))
+            self._failure[peer] = ProtocolError(f"party {peer} sent a bad frame: {exc}")
         except (OSError, ssl.SSLError) as exc:
-            if not self._closed:
-                inbox.put(PeerLost(f"connection to party {peer} broke: {exc}"))
+            self._failure[peer] = PeerLost(f"connection to party {peer} broke: {exc}")
+        return progressed
 
-    def _send_frame(self, peer: int, header: bytes, payload: np.ndarray) -> None:
-        sock = self.outgoing[peer]
-        try:
-            sock.sendall(header)
-            if payload.nbytes:
-                sock.sendall(memoryview(payload.reshape(-1)).cast("B"))
-        except TimeoutError:
-            raise PeerTimeout(f"party {self.party_id}: party {peer} accepted no data for "
-                              f"{self.timeout:g} s (step {self.step})") from None
-        except (OSError, ssl.SSLError) as exc:
-            raise PeerLost(f"party {self.party_id}: sending to party {peer} failed: {exc} "
-                           f"(step {self.step})") from None
+    def _wait(self, readable: list[ssl.SSLSocket], writable: list[ssl.SSLSocket],
+              deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            select.select(readable, writable, [], remaining)
 
     def _recv_array(self, peer: int, expected_sequence: int) -> np.ndarray:
-        if peer in self._failure:
-            raise self._failure[peer]
-        try:
-            item = self._inbox[peer].get(timeout=self.timeout)
-        except queue.Empty:
-            raise PeerTimeout(f"party {self.party_id}: party {peer} sent nothing for "
-                              f"{self.timeout:g} s (step {self.step})") from None
-        if isinstance(item, Exception):
-            error = type(item)(f"party {self.party_id}: {item} (step {self.step})")
-            self._failure[peer] = error
-            raise error
-        return item
+        frames = self._readers[peer].frames
+        deadline = time.monotonic() + self.timeout
+        while not frames:
+            if self._read_available(peer):
+                deadline = time.monotonic() + self.timeout
+                continue
+            for other in self.incoming:  # keep other links drained while we wait
+                if other != peer:
+                    self._read_available(other)
+            if frames:
+                break
+            if peer in self._failure:
+                failure = self._failure[peer]
+                raise type(failure)(f"party {self.party_id}: {failure} (step {self.step})")
+            if time.monotonic() >= deadline:
+                raise PeerTimeout(f"party {self.party_id}: party {peer} sent nothing for "
+                                  f"{self.timeout:g} s (step {self.step})")
+            self._wait(list(self.incoming.values()), [], deadline)
+        return frames.popleft()
+
+    # -- writing ---------------------------------------------------------------------------
+    def _send_frame(self, peer: int, header: bytes, payload: np.ndarray) -> None:
+        sock = self.outgoing[peer]
+        deadline = time.monotonic() + self.timeout
+        parts = [memoryview(header)]
+        if payload.nbytes:
+            parts.append(memoryview(payload.reshape(-1)).cast("B"))
+        for view in parts:
+            sent = 0
+            while sent < len(view):
+                want_read = False
+                try:
+                    sent += sock.send(view[sent:])
+                    deadline = time.monotonic() + self.timeout
+                    continue
+                except ssl.SSLWantReadError:  # TLS housekeeping (e.g. a key update)
+                    want_read = True
+                except _WOULD_BLOCK:
+                    pass
+                except (OSError, ssl.SSLError) as exc:
+                    raise PeerLost(f"party {self.party_id}: sending to party {peer} failed: "
+                                   f"{exc} (step {self.step})") from None
+                # the peer's buffers are full: drain our own incoming links meanwhile, so a
+                # peer blocked writing to us can go on and read what we send
+                if any([self._read_available(p) for p in self.incoming]):
+                    continue
+                if time.monotonic() >= deadline:
+                    raise PeerTimeout(f"party {self.party_id}: party {peer} accepted no data "
+                                      f"for {self.timeout:g} s (step {self.step})")
+                self._wait(list(self.incoming.values()) + [sock] * want_read, [sock], deadline)
 
     def _close_links(self) -> None:
         for sock in [*self.outgoing.values(), *self.incoming.values()]:
@@ -285,5 +377,5 @@ def connect(party_id: int, addresses: dict[int, Address], tls: TlsFiles,
             listener.close()
     channel = TcpChannel(party_id=party_id, peers=peers, timeout=timeout,
                          outgoing=outgoing, incoming=incoming)
-    channel.start_readers()
+    channel.start()
     return channel
