@@ -10,8 +10,9 @@ Keys. K_m is shared by the three parties other than m, exactly the holders of x_
 x_m can be drawn from K_m without communication. The lowest member of each triple draws the
 key and sends it to the other two, who compare it through the redundancy check below. Values
 known to a pair {a, b} (masks of the truncation, halves of random bits) come from the pair's
-key (`Runtime.pair_prg`). Every draw uses a fresh label derived from a counter that all
-parties advance in step, so streams can never drift apart.
+key (`Runtime.pair_prg`). Each key feeds one AES-CTR stream (created once, not per draw):
+every holder of a key makes the same draws, of the same sizes, in the same order, because
+all parties run the same program in step.
 
 Joint message passing. Every value a party receives is computable by two parties: one sends
 it, the other vouches for it. Vouching goes into a SHA-256 accumulator per pair of parties
@@ -171,9 +172,10 @@ class Rep4(Protocol):
         self._acc = {p: hashlib.sha256() for p in self.peers}
         self._acc_steps: dict[int, list[str]] = {p: [] for p in self.peers}
         self._unchecked = False
-        self._draws = 0
         self._material: dict[Request, deque] = defaultdict(deque)
-        self._keys = self._set_up_keys()
+        self._mask_streams = {m: key.derive("rep4/mask") for m, key in
+                              self._set_up_keys().items()}
+        self._pair_streams = {p: runtime.pair_prg(p, "rep4/pair") for p in self.peers}
 
     # -- plumbing: components, randomness, rounds, checks -------------------------------
     def _index(self, j: int) -> int:
@@ -210,18 +212,16 @@ class Rep4(Protocol):
 
     def _mask(self, m: int, size: int) -> np.ndarray | None:
         """Fresh words from K_m (None at party m). Every party calls this in step."""
-        self._draws += 1
         if m == self.party_id:
             return None
-        return self._keys[m].derive(f"rep4/mask/{self._draws}").ring_elements(size)
+        return self._mask_streams[m].ring_elements(size)
 
     def _pair_random(self, pair: tuple[int, int], size: int) -> np.ndarray | None:
         """Fresh words known to the two parties of `pair` (None elsewhere), in step."""
-        self._draws += 1
         if self.party_id not in pair:
             return None
         other = pair[1] if self.party_id == pair[0] else pair[0]
-        return self.runtime.pair_prg(other, f"rep4/pair/{self._draws}").ring_elements(size)
+        return self._pair_streams[other].ring_elements(size)
 
     def _vouch(self, peer: int, value: np.ndarray, step: str) -> None:
         self._acc[peer].update(np.ascontiguousarray(value, dtype=np.uint64).tobytes())

@@ -68,6 +68,14 @@ def plan_of(program: Program, n_parties: int, planner: type[Planner] = Planner
 
 def party_role(runtime: Runtime, scheme: str, program: Program,
                plan: list[Request], hook: Hook | None = None) -> PartyReport:
+    # ring arithmetic wraps mod 2^64 by design; numpy would warn when a 0-d operand makes
+    # it compute on scalars
+    with np.errstate(over="ignore"):
+        return _party_role(runtime, scheme, program, plan, hook)
+
+
+def _party_role(runtime: Runtime, scheme: str, program: Program,
+                plan: list[Request], hook: Hook | None = None) -> PartyReport:
     if hook is not None:
         hook(runtime)
     protocol = SCHEMES[scheme](runtime)

@@ -36,7 +36,8 @@ class SecretTensor:
     def reveal(self, to: int | Iterable[int]) -> np.ndarray | None:
         """Open to the named parties only; the others get None."""
         targets = (to,) if isinstance(to, int) else tuple(to)
-        return self.protocol.reveal(self.share, targets)
+        value = self.protocol.reveal(self.share, targets)
+        return None if value is None else np.asarray(value, dtype=np.uint64)  # 0-d stays an array
 
     # -- shape ---------------------------------------------------------------------------
     @property

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from protocol_helpers import (
+    SCHEME_PARTIES,
     VALUE_MAX,
     busiest_rounds,
     every_scheme,
@@ -27,8 +28,6 @@ from protocol_helpers import (
 from mpc.fixedpoint import FixedPoint
 
 EXAMPLES = settings(max_examples=12, deadline=None)
-#: 0-d tensors wrap correctly but numpy warns on scalar overflow: see the xfail at the end
-SCALAR_WRAP = pytest.mark.filterwarnings("ignore:overflow encountered in scalar")
 
 ring_values = st.integers(0, (1 << 64) - 1)
 small_dims = st.integers(1, 4)
@@ -51,7 +50,6 @@ def assert_all_parties_agree(reports, n_outputs: int) -> list[np.ndarray]:
 # -- sharing and reconstruction --------------------------------------------------------------
 
 @every_scheme
-@SCALAR_WRAP
 @EXAMPLES
 @given(data=st.data())
 def test_input_then_reveal_gives_the_value_back(scheme, n_parties, data):
@@ -105,7 +103,6 @@ def test_shares_alone_look_nothing_like_the_value():
 # -- linear operations -----------------------------------------------------------------------
 
 @every_scheme
-@SCALAR_WRAP
 @EXAMPLES
 @given(data=st.data())
 def test_linear_and_structural_operations_are_exact(scheme, n_parties, data):
@@ -355,22 +352,18 @@ def test_rounds_do_not_grow_with_the_layer_size(scheme, n_parties):
     assert small == large
 
 
-# -- known issue -------------------------------------------------------------------------------
+# -- 0-d values -------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="0-d tensors: share[0] is a numpy scalar, and numpy warns "
-                          "'overflow encountered in scalar add' on the ring's wrap-around "
-                          "(results are right); replicated reveal returns np.uint64, not a "
-                          "0-d array")
 @pytest.mark.filterwarnings("error::RuntimeWarning")
-@pytest.mark.parametrize(("scheme", "n_parties"), [("additive", 2), ("replicated", 3)])
+@pytest.mark.parametrize(("scheme", "n_parties"), [*SCHEME_PARTIES, ("rep4", 4), ("spdz2k", 2),
+                                                   ("replicated_mac", 3)])
 def test_zero_dimensional_values_wrap_without_warnings(scheme, n_parties):
-    big = np.array((1 << 64) - 5, dtype=np.uint64)
+    big = (1 << 64) - 5
 
     def program(p):
-        x = secret(p, big, 0)
+        x = secret(p, np.array(big, dtype=np.uint64), 0)
         return reveal_all(x * x + x)
 
     got = run_secure(scheme, n_parties, program)[0].result
     assert isinstance(got, np.ndarray) and got.shape == ()
-    assert got == big * big + big
+    assert int(got) == (big * big + big) % (1 << 64)

@@ -25,7 +25,6 @@ from protocols.tensor import SecretTensor
 
 SCHEME, N = "rep4", 4
 EXAMPLES = settings(max_examples=10, deadline=None)
-SCALAR_WRAP = pytest.mark.filterwarnings("ignore:overflow encountered in scalar")
 EDGES = [0, 1, -1, 2, -2, VALUE_MAX, -VALUE_MAX, VALUE_MAX - 1, -VALUE_MAX + 1,
          1 << 61, -(1 << 61), (1 << 63) - 1, -(1 << 63), (1 << 62), -(1 << 62)]
 
@@ -55,7 +54,6 @@ def test_registered_with_four_parties():
     assert SCHEMES["rep4"] is Rep4 and DEFAULT_PARTIES["rep4"] == 4
 
 
-@SCALAR_WRAP
 @EXAMPLES
 @given(data=st.data())
 def test_input_then_reveal_gives_the_value_back(data):

@@ -29,7 +29,6 @@ from protocols.tamper import Tamper, honest_message_counts
 
 SCHEME, N = "replicated_mac", 3
 EXAMPLES = settings(max_examples=8, deadline=None)
-SCALAR_WRAP = pytest.mark.filterwarnings("ignore:overflow encountered in scalar")
 EDGES = [0, 1, -1, 2, -2, VALUE_MAX, -VALUE_MAX, VALUE_MAX - 1, -VALUE_MAX + 1,
          1 << 61, -(1 << 61), (1 << 63) - 1, -(1 << 63), (1 << 62), -(1 << 62)]
 ring_values = st.integers(0, (1 << 64) - 1)
@@ -58,7 +57,6 @@ def test_registered_with_three_parties():
     assert SCHEMES[SCHEME] is ReplicatedMac and DEFAULT_PARTIES[SCHEME] == 3
 
 
-@SCALAR_WRAP
 @EXAMPLES
 @given(data=st.data())
 def test_input_then_reveal_gives_the_value_back(data):
