@@ -310,7 +310,7 @@ class Rep4(Protocol):
 
     # -- joint input and products ---------------------------------------------------------
     def _joint(self, rnd: _Round, value: np.ndarray | None, pair: tuple[int, int],
-               domain: str, size: int) -> Callable[[], np.ndarray]:
+               domain: str, size: int) -> Callable[..., np.ndarray]:
         """Share a flat `value` known to both parties of `pair`; returns the finisher that
         gives this party's (3, size) shares after the round."""
         me = self.party_id
@@ -327,17 +327,26 @@ class Rep4(Protocol):
         k_c = rnd.add(a, (c,), b, n1, piece_c)
         k_d = rnd.add(b, (d,), a, size - n1, piece_d)
 
-        def finish() -> np.ndarray:
-            zero = np.zeros(size, dtype=np.uint64)
-            parts = {a: zero, b: zero}
+        def finish(out: np.ndarray | None = None) -> np.ndarray:
+            """Add this sharing into `out` (3, size), in place; a fresh array by default.
+            Only the components of c and d are non-zero, so nothing else is touched."""
+            if out is None:
+                out = np.zeros((3, size), dtype=np.uint64)
+            acc = np.add if domain == ARITH else np.bitwise_xor
+
+            def put(j: int, first: np.ndarray, second: np.ndarray) -> None:
+                row = out[self._index(j)]
+                acc(row[:n1], first, out=row[:n1])
+                acc(row[n1:], second, out=row[n1:])
+
             if me in pair:
-                parts[c] = np.concatenate([mask_c, piece_d])
-                parts[d] = np.concatenate([piece_c, mask_d])
+                put(c, mask_c, piece_d)
+                put(d, piece_c, mask_d)
             elif me == c:
-                parts[d] = np.concatenate([rnd.get(k_c), mask_d])
+                put(d, rnd.get(k_c), mask_d)
             else:
-                parts[c] = np.concatenate([mask_c, rnd.get(k_d)])
-            return self._stack(parts)
+                put(c, mask_c, rnd.get(k_d))
+            return out
 
         return finish
 
@@ -363,9 +372,9 @@ class Rep4(Protocol):
             finishers.append(self._joint(rnd, value, pair, domain, size))
 
         def finish() -> np.ndarray:
-            total = finishers[0]()
-            for f in finishers[1:]:
-                total = _add(domain, total, f())
+            total = np.zeros((3, size), dtype=np.uint64)
+            for f in finishers:
+                f(total)
             return total.reshape(3, *out_shape)
 
         return finish
