@@ -58,7 +58,6 @@ def test_ltz_and_relu_are_exact(scheme, n_parties, drawn):
 
 
 @every_scheme
-@pytest.mark.filterwarnings("ignore:overflow encountered in scalar")  # 0-d argmax(x[0])
 @EXAMPLES
 @given(data=st.data())
 def test_maximum_and_argmax_agree_with_numpy(scheme, n_parties, data):

@@ -223,7 +223,6 @@ def test_ltz_and_relu_are_exact(drawn):
         assert np.array_equal(i64(relu_m), np.maximum(values[:10], 0).reshape(2, 5))
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in scalar")
 @EXAMPLES
 @given(data=st.data())
 def test_maximum_and_argmax_agree_with_numpy(data):

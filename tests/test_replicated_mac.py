@@ -230,7 +230,6 @@ def test_batched_bit_circuits_match(monkeypatch):
     assert np.array_equal(i64(trunc)[small], values[small] >> 3)
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in scalar")
 @EXAMPLES
 @given(data=st.data())
 def test_maximum_and_argmax_agree_with_numpy(data):
