@@ -14,6 +14,10 @@ is revealed (probability of escaping about 2^-s per check); aborting is not prev
 A share is a uint64 array (4, *shape): [value_lo, value_hi, mac_lo, mac_hi] (see
 `protocols.ring128_ops`), so `SecretTensor`'s structural ops work unchanged.
 
+Offline: the dealer's messages (`protocols.spdz2k_material.serve`), then one round in which
+every party tells the others it holds its material, so the offline phase ends for all when
+the last party has it (the 2-party DCF words are hundreds of MB, sent to each party in turn).
+
 Online protocol (rounds are for one call, counted by the channel):
 - input by owner o (1 round): a dealer mask [r] whose value r only o knows; o sends
   e = v - r mod 2^64 to all, everyone sets [v] = [r] + e. Each party hashes every e it saw;
@@ -25,13 +29,29 @@ Online protocol (rounds are for one call, counted by the channel):
   the operands, [z] = [c] + e (x) [b] + [a] (x) d + e (x) d, computed mod 2^128.
 - trunc (1 round): the MSB-corrected identity of PROTOCOLS.md with authenticated r, r_msb,
   r_low >> f; c = x + 2^62 + r opened mod 2^64.
-- ltz (6 rounds), relu (7): c = x + r opened, r = sum 2^i r_i with the 64 mask bits dealt as
-  authenticated arithmetic sharings (an edaBit); msb(x) = t xor [c_low < r_low] with
-  t = c_63 xor r_63. The borrow is a carry tree over (generate, propagate) pairs with
-  arithmetic ANDs (Beaver products of 0/1 values); its lowest level is free because the
-  dealer also deals r_{2j+1} r_{2j} (and r_63 r_62), leaving 5 product rounds over the whole
-  layer. The top group also carries t * (G, P), so msb = t + G - 2 t G needs no extra round.
-  relu = x * (1 - msb): one more product.
+- comparison: c = x + r opened (r a dealer mask), then, with c_63 / r_63 the top bits and
+  c_low / r_low the low 63 bits, msb(x) = c_63 xor r_63 xor [c_low < r_low] (the borrow
+  into bit 63 of c - r). relu = x * (1 - msb): one more Beaver product. The borrow is
+  computed by one of two paths, chosen by the party count (never as a fallback):
+  * 2 parties, ltz 1 round, relu 2: function secret sharing (Boyle, Gilboa, Ishai, TCC
+    2019; the DCF of Boyle et al., EUROCRYPT 2021, `protocols.dcf`). The trusted dealer
+    deals authenticated [r] and [r_63] and DCF keys for alpha = r_low whose payload is the
+    authenticated value beta = 1 - 2 r_63 (value and MAC alpha_mac * beta, split additively
+    between the two keys' outputs). Each party evaluates its key at the public c_low and
+    gets its authenticated share of w * beta, w = [c_low < r_low]; then u = r_63 + w beta
+    = r_63 xor w and msb = c_63 + (1 - 2 c_63) u are local. Security: the keys reveal
+    nothing of r to one party (DCF security); c is uniform. A cheating party can deviate
+    only in its openings (caught as any opening) or by using a wrong DCF output, i.e.
+    adding an error (d, d_mac) to its share; it does not know alpha_mac, so d_mac = alpha * d
+    happens with probability about 2^-s, and the error flows linearly (and through Beaver
+    products) into later openings and outputs, where the batched MAC check catches it before
+    any reveal, exactly as for any other altered authenticated share.
+  * 3 or more parties, ltz 6 rounds, relu 7: a carry tree. The 64 mask bits are dealt as
+    authenticated arithmetic sharings (an edaBit), r = sum 2^i r_i; with t = c_63 xor r_63
+    the borrow is a tree over (generate, propagate) pairs with arithmetic ANDs (Beaver
+    products of 0/1 values); its lowest level is free because the dealer also deals
+    r_{2j+1} r_{2j} (and r_63 r_62), leaving 5 product rounds over the whole layer. The top
+    group also carries t * (G, P), so msb = t + G - 2 t G needs no extra round.
 - reveal to T: check everything opened so far (5 rounds, 4 once a check has run), open
   y - r_t for each target t (1 round; r_t known to t only), check that opening (4 rounds),
   then every party confirms to the targets (1 round) and t unmasks locally: 11 rounds for
@@ -48,6 +68,7 @@ import numpy as np
 
 from mpc.errors import CheatingDetected, ProtocolError
 from mpc.runtime import Runtime
+from protocols import dcf
 from protocols import ring128_ops as r128
 from protocols import spdz2k_material as material
 from protocols.base import BilinearOp, Protocol
@@ -77,7 +98,7 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         self.channel = runtime.channel
         self.others = tuple(p for p in range(self.n_parties) if p != self.party_id)
         self.alpha = np.zeros(2, dtype=np.uint64)
-        self.material = material.LazyStore([], None, None, self.party_id, None)
+        self.material = material.LazyStore([], None, None, self.party_id, None, self.n_parties)
         self.mac = MacChecker(self.channel, self.party_id, self.n_parties, self.alpha,
                               runtime.private_prg)
 
@@ -87,9 +108,19 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         self.alpha, self.material = material.receive(
             plan, self.runtime.pair_prg(dealer, "spdz2k/dealer"),
             self.runtime.pair_prg(dealer, "spdz2k/known"), self.party_id,
-            self.party_id == self.n_parties - 1, self.channel, dealer)
+            self.party_id == self.n_parties - 1, self.channel, dealer, self.n_parties)
         self.mac = MacChecker(self.channel, self.party_id, self.n_parties, self.alpha,
                               self.runtime.private_prg)
+        if self.n_parties == 2:
+            dcf.warmup()  # the comparison kernels: loaded offline, not in the first ReLU
+        # the offline phase ends when every party holds its material: the dealer's messages
+        # (hundreds of MB of DCF words with 2 parties) reach the parties one after the other,
+        # and without this the first one done would count the wait as online time
+        with self.channel.stage("preprocessing"):
+            ready = self.channel.exchange(dict.fromkeys(self.others, np.ones(1, dtype=U64)))
+        for peer, message in ready.items():
+            if message.dtype != np.uint64 or message.shape != (1,) or message[0] != 1:
+                raise CheatingDetected(f"party {peer} altered its end-of-preprocessing message")
 
     @classmethod
     def serve_dealer(cls, runtime: Runtime, plan: list[Request]) -> int:
@@ -212,8 +243,24 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         return self.add_public(y_shift, (c_low >> U64(f)) - U64(1 << (ELL - f)))
 
     # -- comparison ------------------------------------------------------------------------
-    def _msb(self, x: np.ndarray, m: dict[str, np.ndarray]) -> np.ndarray:
-        """Authenticated shares (4, N) of the top bit of each of N values x (4, N)."""
+    def _msb(self, x: np.ndarray, m: dict) -> np.ndarray:
+        """Authenticated shares (4, N) of the top bit of each of N values x (4, N): the DCF
+        path with 2 parties, the carry tree with more (see the module docstring)."""
+        if self.n_parties == 2:
+            return self._msb_dcf(x, m)
+        return self._msb_carry_tree(x, m)
+
+    def _msb_dcf(self, x: np.ndarray, m: dict) -> np.ndarray:
+        """2 parties, 1 round: open c = x + r, evaluate this party's DCF key at c_low."""
+        (c,) = self.open([self.add(x, m["r"])])
+        c63 = c >> U64(63)
+        # shares of w * (1 - 2 r_63), w = [c_low < r_low], value and MAC
+        wb = dcf.eval(self.party_id, m["dcf"], c & LOW63)
+        u = r128.add(m["r_msb"], wb)  # r_63 xor w
+        return self.add_public(r128.mul_public(u, ONE - U64(2) * c63), c63)
+
+    def _msb_carry_tree(self, x: np.ndarray, m: dict[str, np.ndarray]) -> np.ndarray:
+        """3 or more parties: the carry tree over the 64 dealt mask bits."""
         bits, pp = m["bits"], m["pairs"]  # (4, 64, N), (4, 32, N)
         r = r128.sum_axes(r128.mul_public(bits, POW2[:, None]), (0,))
         (c,) = self.open([self.add(x, r)])

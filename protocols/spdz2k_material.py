@@ -14,6 +14,16 @@ offline message. A field is
 Parties expand lazily, one request at a time in plan order (`LazyStore.take`), so the
 material of a whole network never sits expanded in memory.
 
+Comparisons ("ltz", "relu") depend on the party count. With 2 parties they use a
+distributed comparison function (`protocols.dcf`): fields r (free) and r_msb = bit 63 of r
+(dependent), plus DCF keys for alpha = r mod 2^63 with the authenticated payload
+(beta, alpha_mac * beta), beta = 1 - 2 r_msb mod 2^128. Each party's root seeds come from
+the PRG it shares with the dealer (drawn after the request's fields); the correction words
+are common to both keys and not seed-compressible, so the dealer sends the same array of
+them (`common_words` per request, in plan order) to both parties, as a second offline
+message to the last party and as the only one to party 0. With more parties comparisons
+use the carry tree over 64 authenticated mask bits (`fields`), and no DCF words are sent.
+
 The plan comes from `Spdz2kPlanner`, which adds "input" and "reveal" requests (their masks)
 to what `protocols.clear.Planner` records.
 """
@@ -28,12 +38,16 @@ import numpy as np
 from mpc.errors import PreprocessingError
 from mpc.net.channel import Channel
 from mpc.prg import PRG
+from protocols import dcf
 from protocols import ring128_ops as r128
 from protocols.clear import Planner
 from protocols.correlations import Request
 
 FREE, KNOWN, DEP = "free", "known", "dep"
 LOW63 = np.uint64((1 << 63) - 1)
+#: The 2-party comparison's DCF: inputs c mod 2^63, payload (beta, alpha_mac * beta).
+DCF_BITS = 63
+DCF_PAYLOAD_WORDS = 4
 
 
 @dataclass(frozen=True)
@@ -77,8 +91,21 @@ def products_at_level(pairs: int) -> int:
     return 2 if pairs == 1 else 2 * pairs + 1
 
 
-def fields(request: Request) -> list[AField]:
-    """The authenticated fields of a request, in dealing order."""
+def uses_dcf(request: Request, n_parties: int) -> bool:
+    """Whether `request` is a comparison served by DCF keys (2 parties only)."""
+    return request.kind in ("ltz", "relu") and n_parties == 2
+
+
+def common_words(request: Request, n_parties: int) -> int:
+    """Words of DCF correction words that both parties receive for `request`."""
+    if not uses_dcf(request, n_parties):
+        return 0
+    return dcf.correction_words(request.size, DCF_BITS, DCF_PAYLOAD_WORDS)
+
+
+def fields(request: Request, n_parties: int) -> list[AField]:
+    """The authenticated fields of a request, in dealing order (comparisons depend on the
+    party count: see the module docstring)."""
     kind, shape = request.kind, request.shape
     if kind == "input":
         return [AField("r", shape, KNOWN, request.other[0])]
@@ -94,11 +121,14 @@ def fields(request: Request) -> list[AField]:
                 AField("r_low_shifted", shape, DEP)]
     if kind in ("ltz", "relu"):
         n = request.size
-        out = [AField("bits", (64, n), DEP), AField("pairs", (32, n), DEP)]
-        for level, pairs in enumerate(TREE_PAIRS):
-            m = products_at_level(pairs)
-            out += [AField(f"a{level}", (m, n), FREE), AField(f"b{level}", (m, n), FREE),
-                    AField(f"c{level}", (m, n), DEP)]
+        if uses_dcf(request, n_parties):
+            out = [AField("r", (n,), FREE), AField("r_msb", (n,), DEP)]
+        else:
+            out = [AField("bits", (64, n), DEP), AField("pairs", (32, n), DEP)]
+            for level, pairs in enumerate(TREE_PAIRS):
+                m = products_at_level(pairs)
+                out += [AField(f"a{level}", (m, n), FREE), AField(f"b{level}", (m, n), FREE),
+                        AField(f"c{level}", (m, n), DEP)]
         if kind == "relu":
             out += [AField("ra", (n,), FREE), AField("rb", (n,), FREE), AField("rc", (n,), DEP)]
         return out
@@ -110,11 +140,10 @@ def _derive(request: Request, name: str, values: dict[str, np.ndarray],
     """The dealer's value of a dependent field (128-bit, (2, *shape))."""
     if request.kind == "triple":
         return r128.bilinear(request.op, values["a"], values["b"])
+    if name == "r_msb":  # trunc, and the 2-party comparisons
+        return r128.lift(values["r"][0] >> np.uint64(63))
     if request.kind == "trunc":
-        low = values["r"][0]
-        if name == "r_msb":
-            return r128.lift(low >> np.uint64(63))
-        return r128.lift((low & LOW63) >> np.uint64(request.frac_bits))
+        return r128.lift((values["r"][0] & LOW63) >> np.uint64(request.frac_bits))
     if name == "bits":
         words = private.ring_elements((request.size,))
         return r128.lift((words[None, :] >> np.arange(64, dtype=np.uint64)[:, None])
@@ -133,15 +162,24 @@ def _draw(prg: PRG, field: AField) -> np.ndarray:
     return prg.ring_elements((2, *field.shape))
 
 
-def correction_words(request: Request) -> int:
+def correction_words(request: Request, n_parties: int) -> int:
     """Words the last party receives for `request`: MAC shares always, value shares unless
     the field is free."""
-    return sum(f.words * (1 if f.kind == FREE else 2) for f in fields(request))
+    return sum(f.words * (1 if f.kind == FREE else 2) for f in fields(request, n_parties))
+
+
+def dcf_payload(r_low: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(4, N) payload of the comparison's DCF: beta = 1 - 2 r_63 mod 2^128 and alpha * beta,
+    for the low limbs r_low (N,) of the masks and the MAC key alpha (2,)."""
+    r63 = r_low >> np.uint64(63)
+    beta = r128.interleave((np.uint64(1) - np.uint64(2) * r63)[None], (np.uint64(0) - r63)[None])
+    return np.concatenate([beta, r128.mul(alpha.reshape(2, 1), beta)])
 
 
 def deal_into(request: Request, prgs: list[PRG], known: list[PRG], alpha: np.ndarray,
-              private: PRG, out: np.ndarray) -> None:
-    """The dealer's side for one request: write the last party's corrections into `out`."""
+              private: PRG, out: np.ndarray, common: np.ndarray | None = None) -> None:
+    """The dealer's side for one request: write the last party's corrections into `out`
+    and, for a 2-party comparison, the DCF correction words into `common`."""
     values: dict[str, np.ndarray] = {}
     offset = 0
 
@@ -151,7 +189,8 @@ def deal_into(request: Request, prgs: list[PRG], known: list[PRG], alpha: np.nda
         out[offset:offset + flat.size] = flat
         offset += flat.size
 
-    for field in fields(request):
+    n_parties = len(prgs)
+    for field in fields(request, n_parties):
         if field.kind == FREE:
             shares = [_draw(p, field) for p in prgs]
             value = shares[0]
@@ -171,29 +210,46 @@ def deal_into(request: Request, prgs: list[PRG], known: list[PRG], alpha: np.nda
         put(mac)
     if offset != out.size:
         raise AssertionError("correction layout mismatch")
+    if uses_dcf(request, n_parties):
+        r_low = values["r"][0]
+        if common is None or common.size != common_words(request, n_parties):
+            raise AssertionError("DCF correction-word layout mismatch")
+        dcf.gen(r_low & LOW63, dcf_payload(r_low, alpha), (prgs[0], prgs[1]), DCF_BITS,
+                out=common)
 
 
 def serve(plan: list[Request], prgs: list[PRG], known: list[PRG], private: PRG,
           channel: Channel, last_party: int) -> int:
-    """Dealer: draw alpha (in Z_2^64), deal the plan, send the last party one message.
+    """Dealer: draw alpha (in Z_2^64), deal the plan, send the last party its corrections
+    and, if the plan has 2-party comparisons, every party the DCF correction words.
     Returns the number of words sent."""
+    n_parties = len(prgs)
     alpha = r128.lift(private.ring_elements((1,)))[:, 0]
-    sizes = [correction_words(r) for r in plan]
+    sizes = [correction_words(r, n_parties) for r in plan]
+    common_sizes = [common_words(r, n_parties) for r in plan]
     flat = np.empty(2 + sum(sizes), dtype=np.uint64)
+    common = np.empty(sum(common_sizes), dtype=np.uint64)
     alpha_last = alpha
     for p in prgs[:-1]:
         alpha_last = r128.sub(alpha_last, p.ring_elements((2,)))
     flat[:2] = alpha_last
-    offset = 2
-    for request, size in zip(plan, sizes, strict=True):
-        deal_into(request, prgs, known, alpha, private, flat[offset:offset + size])
+    offset, common_offset = 2, 0
+    for request, size, common_size in zip(plan, sizes, common_sizes, strict=True):
+        deal_into(request, prgs, known, alpha, private, flat[offset:offset + size],
+                  common[common_offset:common_offset + common_size])
         offset += size
+        common_offset += common_size
+    # the others expand lazily: they get the DCF words or, without any, a one-word message
+    # telling them the offline phase is over, so its time is measured for all
+    others = common if common.size else np.zeros(1, dtype=np.uint64)
     with channel.stage("preprocessing"):
         channel.send(last_party, flat)
-        for party in range(len(prgs)):  # the others expand lazily: tell them the offline
-            if party != last_party:      # phase is over, so its time is measured for all
-                channel.send(party, np.zeros(1, dtype=np.uint64))
-    return flat.size + len(prgs) - 1
+        if common.size:
+            channel.send(last_party, common)
+        for party in range(n_parties):
+            if party != last_party:
+                channel.send(party, others)
+    return flat.size + common.size + (n_parties - 1) * others.size
 
 
 class LazyStore:
@@ -201,8 +257,12 @@ class LazyStore:
     in plan order, each item once. `used` counts items taken."""
 
     def __init__(self, plan: list[Request], prg: PRG, known: PRG, party: int,
-                 corrections: np.ndarray | None) -> None:
+                 corrections: np.ndarray | None, n_parties: int,
+                 common: np.ndarray | None = None) -> None:
         self._plan = list(plan)
+        self._n_parties = n_parties
+        self._common = common
+        self._common_offset = 0
         self._prg = prg
         self._known = known
         self._party = party
@@ -236,7 +296,7 @@ class LazyStore:
     def _expand(self, request: Request) -> dict[str, np.ndarray]:
         last = self._corr is not None
         material = {}
-        for field in fields(request):
+        for field in fields(request, self._n_parties):
             if field.kind == KNOWN and field.known_to == self._party:
                 material[field.name + "_value"] = _draw(self._known, field)
             if field.kind == FREE or not last:
@@ -245,20 +305,39 @@ class LazyStore:
                 value = self._correction(field)
             mac = self._correction(field) if last else _draw(self._prg, field)
             material[field.name] = np.concatenate([value, mac])
+        if uses_dcf(request, self._n_parties):
+            size = common_words(request, self._n_parties)
+            words = self._common[self._common_offset:self._common_offset + size]
+            self._common_offset += size
+            corrections = dcf.Corrections.from_flat(words, request.size, DCF_BITS,
+                                                    DCF_PAYLOAD_WORDS)
+            roots = dcf.draw_roots(self._prg, request.size)
+            material["dcf"] = dcf.Key(self._party, roots, corrections)
         return material
 
 
 def receive(plan: list[Request], prg: PRG, known: PRG, party: int, is_last: bool,
-            channel: Channel, dealer: int) -> tuple[np.ndarray, LazyStore]:
+            channel: Channel, dealer: int, n_parties: int) -> tuple[np.ndarray, LazyStore]:
     """Party side of the offline phase: this party's alpha share and its material store."""
+    n_common = sum(common_words(r, n_parties) for r in plan)
     with channel.stage("preprocessing"):
         flat = channel.recv(dealer)
+        common = channel.recv(dealer) if is_last and n_common else None
     if not is_last:
-        if flat.dtype != np.uint64 or flat.shape != (1,):
+        if n_common:
+            common = _checked(flat, n_common, "DCF correction words")
+        elif flat.dtype != np.uint64 or flat.shape != (1,):
             raise PreprocessingError("the dealer's end-of-preprocessing message is malformed")
-        return prg.ring_elements((2,)), LazyStore(plan, prg, known, party, None)
-    expected = 2 + sum(correction_words(r) for r in plan)
+        return prg.ring_elements((2,)), LazyStore(plan, prg, known, party, None, n_parties,
+                                                  common)
+    flat = _checked(flat, 2 + sum(correction_words(r, n_parties) for r in plan), "corrections")
+    if n_common:
+        common = _checked(common, n_common, "DCF correction words")
+    return flat[:2].copy(), LazyStore(plan, prg, known, party, flat[2:], n_parties, common)
+
+
+def _checked(flat: np.ndarray, expected: int, what: str) -> np.ndarray:
     if flat.dtype != np.uint64 or flat.ndim != 1 or flat.size != expected:
-        raise PreprocessingError(f"dealer sent {flat.dtype}{flat.shape}; the plan needs "
-                                 f"{expected} uint64 words")
-    return flat[:2].copy(), LazyStore(plan, prg, known, party, flat[2:])
+        raise PreprocessingError(f"dealer sent {flat.dtype}{flat.shape} as {what}; the plan "
+                                 f"needs {expected} uint64 words")
+    return flat

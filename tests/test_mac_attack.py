@@ -6,6 +6,8 @@ aborts the run with no output.
    mod 2^(k+s) the same cheat needs alpha = 1 mod 2^(s+1) (probability 2^-(s+1)).
 2. The same cheat against the implementation (a corrupt party shifts its value and MAC shares
    by 2^63, or shifts an opened value by 2^63) is caught in every trial.
+   With 2 parties comparisons use DCF keys whose payload is authenticated: a party that adds
+   an error (d, d_mac) to its DCF output (value and MAC share) is caught too.
 3. For 2 and 3 parties, every message of every party of a small program (input, mul, trunc,
    relu, reveal to party 0), altered once with `protocols.tamper`, makes the run raise
    `CheatingDetected` (the launcher reports the detecting party; its peers stop with
@@ -158,3 +160,60 @@ def test_flipping_a_high_bit_aborts(n):
         with pytest.raises(CheatingDetected):
             run("spdz2k", program, n_parties=n, hook=tamper, timeout=20)
         assert program.outputs == []
+
+
+# -- 2b. an error in a DCF output (2 parties) ------------------------------------------------
+class Comparisons:
+    """ltz revealed to party 0, relu revealed to party 1, then a product of the relu."""
+
+    def __init__(self) -> None:
+        self.outputs: list[int] = []
+
+    def __deepcopy__(self, memo: dict) -> Comparisons:
+        return self
+
+    def __call__(self, p: Protocol):
+        x = secret(p, X, 0)
+        bit = x.ltz().reveal(0)
+        out = (x.relu() * secret(p, Y, 1)).reveal(1)
+        if not isinstance(p, Clear) and (bit is not None or out is not None):
+            self.outputs.append(p.party_id)
+        return bit, out
+
+
+@pytest.mark.parametrize("program_class", [Program, Comparisons])
+@pytest.mark.parametrize("corrupt", [0, 1])
+@pytest.mark.parametrize(("d", "d_mac"), [
+    (1, 0), (0, 1), (1 << 64, 0),  # an error only in the high limb: invisible mod 2^64
+    (HALF, HALF), (1, 0x9E3779B97F4A7C15),  # a guessed MAC key
+])
+def test_an_error_in_a_dcf_output_is_caught(monkeypatch, program_class, corrupt, d, d_mac):
+    """A corrupt party adds (d, d_mac) (mod 2^128) to its DCF output, i.e. to its share of
+    w (1 - 2 r_63) and of its MAC, at every comparison: the run aborts before any output."""
+    from protocols import dcf
+
+    honest = dcf.eval
+    error = r128.from_pyint([d % (1 << 128), d_mac % (1 << 128)]).reshape(4, 1)
+    cheated = []
+
+    def cheat(party: int, key, xs):
+        out = honest(party, key, xs)
+        if party == corrupt:
+            out = r128.add(out, np.pad(error, ((0, 0), (0, out.shape[1] - 1))))
+            cheated.append(party)
+        return out
+
+    monkeypatch.setattr(dcf, "eval", cheat)
+    program = program_class()
+    with pytest.raises(CheatingDetected, match="MAC check failed"):
+        run("spdz2k", program, timeout=20)
+    assert cheated and program.outputs == []
+
+
+def test_dcf_outputs_unaltered_give_the_right_answer():
+    """The honest baseline of the test above."""
+    program = Comparisons()
+    reports = run("spdz2k", program)[:2]
+    assert np.array_equal(reports[0].result[0], (X < 0).astype(np.uint64))
+    assert np.array_equal(reports[1].result[1].view(np.int64), np.maximum(X, 0) * Y)
+    assert sorted(program.outputs) == [0, 1]

@@ -22,9 +22,12 @@ from nn.inference import Classification, classify
 from protocols.run import DEFAULT_PARTIES, SCHEMES
 
 ORDER = ["replicated", "additive", "rep4", "spdz2k", "replicated_mac"]
-# The MAC schemes' comparisons run on 128-bit arithmetic bits: about 7 KB of dealer material
-# and 1 KB of traffic per compared element, ~8 GB of memory for one clip; batch 1 only.
+# replicated_mac's comparisons run on 128-bit arithmetic bits (about 1 KB of traffic per
+# compared element); spdz2k's 2-party comparisons use DCF keys (about 3 KB of dealer material
+# per compared element, sent to both parties); batch 1 only.
 MAX_BATCH = {"spdz2k": 1, "replicated_mac": 1}
+#: The comparison path a scheme takes at its default party count, named in the table.
+PATH = {"spdz2k": "DCF comparisons"}
 
 #: Issue 11's targets: online seconds per clip at batch 1 over TCP+TLS.
 TARGETS = {"replicated": 0.1, "additive": 0.15, "rep4": 0.3, "replicated_mac": 1.0,
@@ -37,11 +40,11 @@ WHY = {
                 "party both computes and serialises ~6 MB a clip through TLS in Python.",
     "rep4": "every message is sent once and vouched for by a hash, and comparisons take "
             "9 rounds on 4 processes sharing 2 cores; ~10 MB a party a clip.",
-    "spdz2k": "comparisons run on authenticated arithmetic bits mod 2^128 (66 Beaver "
-              "products per compared value, ~1 KB a value of traffic, ~7 KB of dealer "
-              "material): the first ReLU layer alone is ~100 MB. Binary (GF(2)) MACs for "
-              "the bit circuit would remove most of it; not built yet.",
-    "replicated_mac": "comparisons on authenticated 128-bit arithmetic bits, as for spdz2k.",
+    "spdz2k": "2-party comparisons evaluate a DCF key per value (63 levels of fixed-key AES "
+              "and a numba pass each): about 1 us per compared value and party, two "
+              "parties sharing two cores.",
+    "replicated_mac": "comparisons on authenticated 128-bit arithmetic bits (66 Beaver "
+                      "products per compared value, ~1 KB a value of traffic).",
 }
 
 
@@ -108,7 +111,8 @@ def run(quick: bool) -> str:
                 on = statistics.median(online)
                 measured[(scheme, transport, batch)] = (on, result.online_rounds, 0.0)
                 agree = float(np.mean(result.labels == torch_labels))
-                rows.append([batch, f"{scheme} ({n}P)", transport,
+                path = f", {PATH[scheme]}" if scheme in PATH else ""
+                rows.append([batch, f"{scheme} ({n}P{path})", transport,
                              f"{on / batch * 1e3:.1f}", f"{min(online) / batch * 1e3:.1f}",
                              f"{statistics.median(offline) / batch * 1e3:.1f}",
                              f"{statistics.median(setup) * 1e3:.0f}", result.online_rounds,
