@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mpc.errors import ProtocolError
 from mpc.launch import run_processes, run_threads
 from mpc.net.channel import Traffic
 from mpc.runtime import RunConfig, Runtime
@@ -88,6 +89,15 @@ def _party_role(runtime: Runtime, scheme: str, program: Program,
     if hasattr(program, "setup"):  # input-independent work of the program, e.g. weights
         with channel.stage("setup"):
             program.setup(protocol)
+        # the online phase starts together: without this barrier a party that finished its
+        # setup early would count its wait for the others as online time
+        peers = [p for p in range(runtime.n_parties) if p != runtime.party_id]
+        with channel.stage("setup"):
+            ready = channel.exchange(dict.fromkeys(peers, np.ones(1, dtype=np.uint8)))
+        for peer, message in ready.items():
+            if message.dtype != np.uint8 or message.shape != (1,) or message[0] != 1:
+                raise ProtocolError(f"party {peer} sent {message!r} as its end-of-setup "
+                                    "message, expected [1]")
     setup = channel.traffic - offline
     after_setup = channel.traffic.copy()
     online_start = time.perf_counter()
