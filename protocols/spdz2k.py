@@ -8,8 +8,10 @@ x = x~ mod 2^64, for a global key alpha in Z_2^s of which party i holds alpha_i 
 Trust model: every compute party may be malicious (any number of them, dishonest majority);
 the dealer is NOT: it knows alpha and every mask, and deals the authenticated material
 (`protocols.spdz2k_material`). What a cheating party can do is make the run abort: any
-deviation in a message makes every honest party raise `CheatingDetected` before any output
-is revealed (probability of escaping about 2^-s per check); aborting is not prevented.
+deviation in a message makes the honest parties stop before any output is revealed
+(probability of escaping about 2^-s per check), with `CheatingDetected` where a check
+fails, or `PeerLost` / `PeerTimeout` if the cheater then leaves or goes silent; aborting
+is not prevented.
 
 A share is a uint64 array (4, *shape): [value_lo, value_hi, mac_lo, mac_hi] (see
 `protocols.ring128_ops`), so `SecretTensor`'s structural ops work unchanged.
