@@ -8,9 +8,12 @@ Public API::
     audio.prepare(signal, config)            trim silence (+ optional peak normalisation)
     audio.fit_length(signal, n, offset=0)    centre and pad with zeros / crop to n samples
     audio.log_mel(fixed, config)             log-mel map of an already fixed-length signal
+    audio.stretched_log_mel(trimmed, config) log-mel map of a whole utterance, stretched in time
+    audio.normalize_bands(map, config)       per-utterance band normalisation (config.normalize)
 
-``features`` is ``log_mel(fit_length(prepare(signal), config.num_samples), config)``; the
-training code composes the three itself to shift clips in time for augmentation.
+``features`` is ``log_mel(fit_length(prepare(signal), config.num_samples), config)``, or with
+``config.time_normalize`` ``stretched_log_mel(prepare(signal), config)``, followed by
+``normalize_bands``; the training code composes these itself to augment clips.
 
 Every problem with a file or a signal raises :class:`mpc.errors.AudioError` whose message
 names the file (or says "signal") and the problem. This package imports only numpy, librosa,
@@ -38,7 +41,9 @@ __all__ = [
     "fit_length",
     "load",
     "log_mel",
+    "normalize_bands",
     "prepare",
+    "stretched_log_mel",
 ]
 
 DEFAULT_MAX_DURATION = 60.0
@@ -48,6 +53,9 @@ DEFAULT_MIN_DURATION = 0.1
 #: 60 s clip would already hold 23 million frames per channel.
 MIN_SAMPLE_RATE = 4000
 MAX_SAMPLE_RATE = 384000
+#: Added to a band's standard deviation (dB) before dividing, for ``normalize="band"``: a
+#: constant band (e.g. silence at the log floor) maps to 0 instead of dividing by zero.
+BAND_STD_FLOOR = 1e-3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +197,21 @@ class FeatureConfig:
     ``(win_length - hop_length) / 2`` samples on each side (120 + 120 at 25 ms / 10 ms) and
     framed with ``center=False``. That gives ``1 + (56000 + 240 - 400) // 160 = 350`` frames
     exactly: one frame per hop, each window centred on its hop position.
+
+    Time normalisation (``time_normalize=True``; off by default, so configurations saved
+    before the option existed mean what they meant). Instead of centring and padding, the
+    trimmed utterance's own frames (same window, hop and padding as above, however many
+    there are) are linearly interpolated along time onto ``n_frames`` frames: every
+    utterance fills the whole map from its first to its last frame, whatever its length.
+    Speakers say the same phrase at very different speeds; stretching lines the phrases up,
+    at the price of the absolute duration. The map has the same shape either way.
+
+    Per-utterance normalisation (``normalize="band"``; default ``"none"``): after the dB map
+    is computed (either way above), each mel band is shifted and scaled to mean 0 and
+    standard deviation 1 over the map's frames (cepstral mean and variance normalisation on
+    log-mel bands). It removes the utterance's average spectrum and level (much of what
+    tells one speaker from another) and keeps how each band moves in time. With padding
+    (``time_normalize=False``) the padded frames take part in the statistics.
     """
 
     sample_rate: int = 16000
@@ -207,6 +230,8 @@ class FeatureConfig:
     trim_frame_length: int = 1024
     trim_hop_length: int = 256
     peak_normalize: bool = True  # scale the trimmed signal to a peak of 1.0
+    time_normalize: bool = False  # stretch the trimmed utterance over all n_frames frames
+    normalize: str = "none"  # "band": per-utterance mean/variance normalisation of each band
 
     def __post_init__(self):
         checks = [
@@ -220,6 +245,7 @@ class FeatureConfig:
              "need 0 <= fmin < fmax <= sample_rate / 2"),
             (self.log_floor > 0, "log_floor must be positive"),
             (self.trim_top_db > 0, "trim_top_db must be positive"),
+            (self.normalize in ("none", "band"), "normalize must be 'none' or 'band'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -309,19 +335,65 @@ def log_mel(fixed, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
     if x.shape != (config.num_samples,):
         raise AudioError(f"signal: log_mel needs {config.num_samples} samples, got {x.shape}")
     half = (config.win_length - config.hop_length) // 2
-    padded = np.pad(x, (half, half))
+    out = _mel_db(np.pad(x, (half, half)), config)
+    assert out.shape == (config.n_mels, config.n_frames), out.shape
+    return out[np.newaxis].astype(np.float32)
+
+
+def _mel_db(x: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """(n_mels, frames) log-mel power in dB of ``x`` framed with ``center=False``."""
     mel = librosa.feature.melspectrogram(
-        y=padded, sr=config.sample_rate, n_fft=config.win_length,
+        y=x, sr=config.sample_rate, n_fft=config.win_length,
         hop_length=config.hop_length, win_length=config.win_length, window=config.window,
         center=False, power=config.power, n_mels=config.n_mels, fmin=config.fmin,
         fmax=config.fmax, htk=config.mel_htk, norm=config.mel_norm)
-    out = 10.0 * np.log10(np.maximum(mel, config.log_floor))
+    return 10.0 * np.log10(np.maximum(mel, config.log_floor))
+
+
+def stretched_log_mel(trimmed, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """Log-mel map (1, n_mels, n_frames) in dB of a whole (trimmed) utterance of any length,
+    stretched or squeezed in time onto ``config.n_frames`` frames.
+
+    The utterance is padded by ``(win_length - hop_length) / 2`` samples on each side (and
+    to at least one window), framed as in :func:`log_mel`, and each band is linearly
+    interpolated from its ``F`` frames onto ``n_frames`` equally spaced points from the first
+    frame to the last (see :class:`FeatureConfig`, "Time normalisation").
+    """
+    x = _check_signal(trimmed)
+    half = (config.win_length - config.hop_length) // 2
+    x = np.pad(x, (half, half))
+    if x.size < config.win_length:
+        x = np.pad(x, (0, config.win_length - x.size))
+    db = _mel_db(x, config)
+    n_in = db.shape[1]
+    t = np.linspace(0.0, n_in - 1, config.n_frames)
+    i0 = np.floor(t).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w = t - i0
+    out = db[:, i0] * (1.0 - w) + db[:, i1] * w
     assert out.shape == (config.n_mels, config.n_frames), out.shape
     return out[np.newaxis].astype(np.float32)
+
+
+def normalize_bands(feature_map, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """Apply ``config.normalize`` to a (1, n_mels, n_frames) map (unchanged for "none")."""
+    x = np.asarray(feature_map, dtype=np.float32)
+    if config.normalize == "none":
+        return x
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=-1, keepdims=True)
+    std = x64.std(axis=-1, keepdims=True)
+    return ((x64 - mean) / (std + BAND_STD_FLOOR)).astype(np.float32)
 
 
 def features(signal, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
     """Log-mel features of a mono signal at ``config.sample_rate``: trim silence, centre and
     pad/crop to ``config.duration``, 40 log-mel bands at 25 ms / 10 ms -> (1, 40, 350) float32.
+    With ``config.time_normalize`` the trimmed utterance is stretched over the 350 frames
+    instead of padded (:func:`stretched_log_mel`).
     """
-    return log_mel(fit_length(prepare(signal, config), config.num_samples), config)
+    if config.time_normalize:
+        out = stretched_log_mel(prepare(signal, config), config)
+    else:
+        out = log_mel(fit_length(prepare(signal, config), config.num_samples), config)
+    return normalize_bands(out, config)

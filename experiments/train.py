@@ -9,12 +9,27 @@ are never seen in training; their accuracy is reported per group next to chance 
 or model selection looks at the held-out groups: the epoch count is fixed.
 ``--cv`` instead runs leave-one-speaker-group-out cross-validation (a fresh model per group,
 accuracy over every clip; no model saved) for a less noisy estimate than two voices give.
+By default it runs over the training groups only, so that settings chosen by it never look
+at the held-out groups; ``--cv-groups all`` includes them (as results/train/cv.json did).
 
-Augmentation (precomputed in worker processes, so training itself is fast on 2 cores): each
-training clip gives ``--augment`` feature maps: the clean one, then random combinations of
-pitch shift (+-2 semitones), tempo change (0.85-1.15), a time shift within the 3.5 s window,
-and additive white noise (SNR 15-40 dB). During training, SpecAugment-style time and
-frequency masks are applied on the fly.
+Features (``FeatureConfig`` saved with the model): by default the trimmed clip is centred
+and padded to 3.5 s, as log-mel dB. ``--time-normalize`` stretches each trimmed utterance
+over the 350 frames instead, and ``--normalize band`` normalises each mel band to mean 0,
+variance 1 over the utterance; both were tried for the bundled model and did not make it
+generalise (results/train/EXPERIMENTS.md).
+
+Augmentation (precomputed, so training itself is fast on 2 cores): each training clip gives
+``--augment`` feature maps: the clean one, then random combinations of pitch shift (+-2
+semitones), tempo change (0.85-1.15), a time shift within the 3.5 s window (with time
+normalisation instead: up to 5 % of the utterance cut or added at each end), and additive
+white noise (SNR 15-40 dB). During training, SpecAugment-style time and frequency masks are
+applied on the fly.
+
+Loss: cross-entropy weighted by inverse class frequency (``--no-class-weight`` to drop the
+weights), optionally with label smoothing (``--label-smoothing``) and, for Hedgewars, a
+second linear head on the 64 hidden units predicting the phrase (31 classes, weight
+``--aux-phrase``; 0 by default). That head exists only during training: the saved model is
+the reference CNN.
 
 The model file (``torch.load(path, weights_only=True)``) holds ``state_dict``,
 ``num_classes``, ``labels``, ``feature_config`` (``FeatureConfig.to_dict()``),
@@ -38,6 +53,7 @@ import audio
 from audio import FeatureConfig
 from audio.datasets import (
     HEDGEWARS_LABELS,
+    HEDGEWARS_PHRASES,
     RAVDESS_EMOTIONS,
     Clip,
     check_no_shared_audio,
@@ -48,32 +64,73 @@ from audio.datasets import (
 )
 
 DEFAULT_HELDOUT = {"hedgewars": "British,Surfer", "ravdess": "Actor_23,Actor_24"}
+#: Auxiliary (training-only) targets: the Hedgewars phrase, 31 classes in this order.
+PHRASES = tuple(sorted(p.lower() for ps in HEDGEWARS_PHRASES.values() for p in ps))
+
+
+def phrase_targets(clips: list[Clip]) -> np.ndarray | None:
+    """Index into :data:`PHRASES` of each clip's phrase (None unless every clip has one)."""
+    if not all("phrase" in c.meta for c in clips):
+        return None
+    return np.array([PHRASES.index(c.meta["phrase"].lower()) for c in clips])
+
+
+def _fit_options(args) -> dict:
+    return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+            "seed": args.seed, "aux_weight": args.aux_phrase,
+            "class_weight": args.class_weight, "label_smoothing": args.label_smoothing}
 
 
 # ---------------------------------------------------------------------------------------------
 # Features and augmentation (plain numpy/librosa; run in worker processes)
 # ---------------------------------------------------------------------------------------------
 
+def _augment_signal(signal: np.ndarray, sr: int, rng) -> np.ndarray:
+    """Random pitch shift (+-2 semitones) and tempo change (0.85-1.15), each with
+    probability 1/2, then peak normalisation (as in ``audio.prepare``)."""
+    import librosa
+
+    y = signal
+    if rng.random() < 0.5:
+        y = librosa.effects.pitch_shift(y, sr=sr, n_steps=float(rng.uniform(-2, 2)))
+    if rng.random() < 0.5:
+        y = librosa.effects.time_stretch(y, rate=float(rng.uniform(0.85, 1.15)))
+    y = np.asarray(y, dtype=np.float32)
+    peak = float(np.max(np.abs(y)))
+    return y / peak if peak > 0 else y
+
+
+def _add_noise(y: np.ndarray, rng) -> np.ndarray:
+    """White noise at 15-40 dB SNR (relative to ``y``'s RMS) with probability 1/2."""
+    if rng.random() < 0.5:
+        snr_db = rng.uniform(15, 40)
+        rms = float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
+        y = y + rng.normal(0, rms / 10 ** (snr_db / 20), y.size).astype(np.float32)
+    return y
+
+
 def _clip_features(args) -> np.ndarray:
     """Feature maps of one clip: index 0 clean, the rest augmented. Returns (k, 1, M, T)."""
     path, config_dict, n_aug, seed = args
-    import librosa
-
     config = FeatureConfig.from_dict(config_dict)
     rng = np.random.default_rng(seed)
     signal = audio.prepare(audio.load(path, sample_rate=config.sample_rate), config)
     sr, n = config.sample_rate, config.num_samples
+    if config.time_normalize:
+        # the whole trimmed utterance is stretched over the map: augment the utterance's
+        # ends (cut or add up to 5 % of its length at each end) instead of its position
+        maps = [audio.stretched_log_mel(signal, config)]
+        for _ in range(n_aug - 1):
+            y = _augment_signal(signal, sr, rng)
+            m = y.size
+            a, b = (int(rng.uniform(-0.05, 0.05) * m) for _ in range(2))
+            y = np.concatenate([np.zeros(max(a, 0), np.float32), y[max(-a, 0):m - max(-b, 0)],
+                                np.zeros(max(b, 0), np.float32)])
+            maps.append(audio.stretched_log_mel(_add_noise(y, rng), config))
+        return np.stack([audio.normalize_bands(m, config) for m in maps])
     maps = [audio.log_mel(audio.fit_length(signal, n), config)]
     for _ in range(n_aug - 1):
-        y = signal
-        if rng.random() < 0.5:
-            y = librosa.effects.pitch_shift(y, sr=sr, n_steps=float(rng.uniform(-2, 2)))
-        if rng.random() < 0.5:
-            y = librosa.effects.time_stretch(y, rate=float(rng.uniform(0.85, 1.15)))
-        y = np.asarray(y, dtype=np.float32)
-        peak = float(np.max(np.abs(y)))
-        if peak > 0:
-            y = y / peak  # same peak normalisation as audio.prepare
+        y = _augment_signal(signal, sr, rng)
         slack = max(0, (n - y.size) // 2)
         max_shift = min(slack, int(0.5 * sr))
         offset = int(rng.integers(-max_shift, max_shift + 1)) if max_shift else 0
@@ -83,7 +140,7 @@ def _clip_features(args) -> np.ndarray:
             rms = float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
             fixed = fixed + rng.normal(0, rms / 10 ** (snr_db / 20), n).astype(np.float32)
         maps.append(audio.log_mel(fixed, config))
-    return np.stack(maps).astype(np.float32)
+    return np.stack([audio.normalize_bands(m, config) for m in maps])
 
 
 def compute_features(clips: list[Clip], config: FeatureConfig, n_aug: int, seed: int,
@@ -120,8 +177,17 @@ def _spec_augment(x, gen, fill: float):
 
 
 def train_model(x_train: np.ndarray, y_train: np.ndarray, num_classes: int, *, epochs: int,
-                batch_size: int, lr: float, seed: int, log=print):
-    """Train a fresh reference CNN on (n, 1, M, T) maps; returns the model in eval mode."""
+                batch_size: int, lr: float, seed: int, log=print,
+                aux_targets: np.ndarray | None = None, aux_weight: float = 0.0,
+                class_weight: bool = True, label_smoothing: float = 0.0):
+    """Train a fresh reference CNN on (n, 1, M, T) maps; returns the model in eval mode.
+
+    ``aux_targets`` (n,) with ``aux_weight > 0``: multi-task training with a second linear
+    head on the 64 hidden units predicting these classes (the Hedgewars phrase), loss
+    ``CE(label) + aux_weight * CE(aux)``. The head is used only during training; the
+    returned model is the reference CNN alone. ``class_weight``: weight the label loss by
+    inverse class frequency (favours balanced accuracy over plain accuracy).
+    """
     import torch
 
     from experiments.models import reference_cnn, set_input_normalisation, train_mode
@@ -131,15 +197,25 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, num_classes: int, *, e
     model = reference_cnn(num_classes)
     mean, std = float(x_train.mean()), float(x_train.std())
     set_input_normalisation(model, mean, std)
-    counts = np.bincount(y_train, minlength=num_classes).astype(np.float64)
-    weights = counts.sum() / (num_classes * np.maximum(counts, 1))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+    weight = None
+    if class_weight:
+        counts = np.bincount(y_train, minlength=num_classes).astype(np.float64)
+        weight = torch.tensor(counts.sum() / (num_classes * np.maximum(counts, 1)),
+                              dtype=torch.float32)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
     params = [p for p in model.parameters() if p.requires_grad]
+    use_aux = aux_targets is not None and aux_weight > 0
+    if use_aux:
+        aux_head = torch.nn.Linear(model[-1].in_features, int(aux_targets.max()) + 1)
+        aux_loss = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        params += list(aux_head.parameters())
+        at = torch.from_numpy(aux_targets.astype(np.int64))
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-3)
     steps = epochs * ((len(x_train) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     xt = torch.from_numpy(x_train)
     yt = torch.from_numpy(y_train.astype(np.int64))
+    body = model[:-1]  # everything up to the hidden ReLU
     for epoch in range(epochs):
         train_mode(model)
         perm = torch.randperm(len(xt), generator=gen)
@@ -149,8 +225,11 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, num_classes: int, *, e
             xb = _spec_augment(xt[idx], gen, mean)
             yb = yt[idx]
             opt.zero_grad()
-            logits = model(xb)
+            hidden = body(xb)
+            logits = model[-1](hidden)
             loss = loss_fn(logits, yb)
+            if use_aux:
+                loss = loss + aux_weight * aux_loss(aux_head(hidden), at[idx])
             loss.backward()
             opt.step()
             sched.step()
@@ -293,13 +372,17 @@ def export_clips(model, labels, config: FeatureConfig, test_clips: list[Clip], o
 
 
 def cross_validate(clips: list[Clip], labels: list[str], config: FeatureConfig, args) -> dict:
-    """Leave-one-speaker-group-out: train a fresh model per group, test on that group.
+    """Leave-one-speaker-group-out: train a fresh model per group on the others, test on
+    that group.
 
-    Gives an accuracy estimate over every clip instead of two held-out voices. Features are
-    computed once; no model is saved.
+    ``main`` passes the training side of the split only (``--cv-groups train``: the held-out
+    groups take no part in any choice of settings) or every clip (``--cv-groups all``).
+    Gives an accuracy estimate over every clip passed instead of two held-out voices.
+    Features are computed once; no model is saved.
     """
     label_index = {lab: i for i, lab in enumerate(labels)}
     y = np.array([label_index[c.label] for c in clips])
+    aux = phrase_targets(clips)
     groups = sorted({c.group for c in clips})
     t0 = time.time()
     feats = compute_features(clips, config, args.augment, args.seed, args.workers)
@@ -310,8 +393,9 @@ def cross_validate(clips: list[Clip], labels: list[str], config: FeatureConfig, 
         split_by_group(clips, [g])  # raises if identical audio is on both sides
         tr = np.array([c.group != g for c in clips])
         model = train_model(feats[tr].reshape(-1, *config.shape), np.repeat(y[tr], args.augment),
-                            len(labels), epochs=args.epochs, batch_size=args.batch_size,
-                            lr=args.lr, seed=args.seed, log=lambda s: None)
+                            len(labels), log=lambda s: None,
+                            aux_targets=None if aux is None else np.repeat(aux[tr], args.augment),
+                            **_fit_options(args))
         pred[~tr] = evaluate(model, feats[~tr, 0])
         acc = float(np.mean(pred[~tr] == y[~tr]))
         per_group[g] = {"accuracy": acc, "clips": int((~tr).sum())}
@@ -323,7 +407,10 @@ def cross_validate(clips: list[Clip], labels: list[str], config: FeatureConfig, 
         "accuracy": float(np.mean(pred == y)), "balanced_accuracy": float(np.mean(recall)),
         "chance_uniform": 1.0 / len(labels), "chance_majority": float(counts.max() / len(y)),
         "per_group": per_group, "confusion": matrix.tolist(), "labels": labels,
-        "clips": len(clips), "epochs": args.epochs, "augment": args.augment,
+        "clips": len(clips), "groups": groups, "feature_config": config.to_dict(),
+        "training": {k: v for k, v in vars(args).items()
+                     if k in ("epochs", "augment", "seed", "batch_size", "lr", "aux_phrase",
+                              "class_weight", "label_smoothing")},
         "seconds": round(time.time() - t0, 1),
     }
 
@@ -347,6 +434,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="feature maps per training clip (1 clean + augment-1 perturbed)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--time-normalize", action=argparse.BooleanOptionalAction,
+                        default=False,
+                        help="features stretch each trimmed utterance over the 350 frames "
+                             "(FeatureConfig.time_normalize) instead of centring and padding")
+    parser.add_argument("--normalize", choices=("none", "band"), default="none",
+                        help="per-utterance band normalisation of the features "
+                             "(FeatureConfig.normalize)")
+    parser.add_argument("--aux-phrase", type=float, default=0.0,
+                        help="weight of the training-only phrase head (hedgewars; 0: none)")
+    parser.add_argument("--class-weight", action=argparse.BooleanOptionalAction,
+                        default=True, help="weight the loss by inverse class frequency")
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -358,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cv", action="store_true",
                         help="leave-one-speaker-group-out cross-validation only (no model "
                              "saved); writes <results>/cv.json")
+    parser.add_argument("--cv-groups", choices=("train", "all"), default="train",
+                        help="cross-validate over the training groups only (default: the "
+                             "held-out groups take no part) or over every group")
     args = parser.parse_args(argv)
 
     import torch
@@ -369,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    config = FeatureConfig()
+    config = FeatureConfig(time_normalize=args.time_normalize, normalize=args.normalize)
 
     if args.corpus == "hedgewars":
         clips = hedgewars_clips(args.data)
@@ -381,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     n_all = len(clips)
     clips = dedupe(clips)  # identical files within the corpus count once
     if args.cv:
+        if args.cv_groups == "train":
+            clips, _ = split_by_group(clips, heldout)  # the held-out groups take no part
         cv = cross_validate(clips, labels, config, args)
         (results / "cv.json").write_text(json.dumps(cv, indent=2) + "\n")
         print(f"leave-one-group-out accuracy {cv['accuracy']:.3f} on {cv['clips']} clips, "
@@ -418,8 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     x_train = f_train.reshape(-1, *config.shape)
     y_aug = np.repeat(y_train, args.augment)
     t0 = time.time()
-    model = train_model(x_train, y_aug, len(labels), epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    aux = phrase_targets(train)
+    model = train_model(x_train, y_aug, len(labels),
+                        aux_targets=None if aux is None else np.repeat(aux, args.augment),
+                        **_fit_options(args))
     t_train = time.time() - t0
 
     pred_test = evaluate(model, f_test)
@@ -453,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
                        if args.corpus == "hedgewars" else "RAVDESS acted emotion"),
         "training": {"epochs": args.epochs, "augment": args.augment, "seed": args.seed,
                      "batch_size": args.batch_size, "lr": args.lr,
+                     "aux_phrase": args.aux_phrase, "class_weight": args.class_weight,
+                     "label_smoothing": args.label_smoothing,
                      "feature_seconds": round(t_features, 1),
                      "train_seconds": round(t_train, 1)},
     }

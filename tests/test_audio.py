@@ -323,3 +323,65 @@ def test_audio_imports_only_allowed_modules():
             for n in names:
                 top = n.split(".")[0]
                 assert top in allowed or top in stdlib or top == "audio", (path.name, n)
+
+
+# --------------------------------------------------------------------------------------------
+# time normalisation and per-utterance band normalisation (FeatureConfig options)
+# --------------------------------------------------------------------------------------------
+
+def test_new_options_default_off_so_old_configs_mean_what_they_meant():
+    old = {k: v for k, v in FeatureConfig().to_dict().items()
+           if k not in ("time_normalize", "normalize")}  # a config saved before the options
+    c = FeatureConfig.from_dict(old)
+    assert (c.time_normalize, c.normalize) == (False, "none")
+    x = speechlike(1.0)
+    np.testing.assert_array_equal(features(x, c), features(x))
+    with pytest.raises(ValueError, match="normalize"):
+        FeatureConfig(normalize="global")
+
+
+@pytest.mark.parametrize("seconds", [0.01, 0.3, 1.0, 3.5, 7.0])
+def test_time_normalized_features_shape_and_finite(seconds):
+    c = FeatureConfig(time_normalize=True, normalize="band")
+    f = features(speechlike(seconds), c)
+    assert f.shape == (1, 40, 350) and f.dtype == np.float32
+    assert np.all(np.isfinite(f))
+    assert features(np.zeros(1000, np.float32), c).shape == (1, 40, 350)
+
+
+def test_time_normalization_stretches_the_utterance_over_the_map():
+    c = FeatureConfig(time_normalize=True)
+    rate = 16000
+    # a 0.5 s tone then a 0.5 s tone an octave and a half higher; and the same twice as slow
+    fast = np.concatenate([sine(300, 0.5, rate), sine(1000, 0.5, rate)])
+    slow = np.concatenate([sine(300, 1.0, rate), sine(1000, 1.0, rate)])
+    a, b = features(fast, c)[0], features(slow, c)[0]
+    band_lo = int(np.argmax(a[:, 80]))
+    band_hi = int(np.argmax(a[:, 270]))
+    assert band_hi > band_lo + 5  # first half low, second half high, filling the map
+    assert int(np.argmax(b[:, 80])) == band_lo and int(np.argmax(b[:, 270])) == band_hi
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
+    # the trimmed utterance's own frames, interpolated: the first and last frames are exact
+    trimmed = prepare(fast, c)
+    own = audio.stretched_log_mel(trimmed, c)[0]
+    np.testing.assert_array_equal(own, a)
+    half = (c.win_length - c.hop_length) // 2
+    mel = librosa.feature.melspectrogram(
+        y=np.pad(trimmed, (half, half)), sr=rate, n_fft=400, hop_length=160, win_length=400,
+        center=False, n_mels=40, fmin=0.0, fmax=8000.0)
+    ref = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+    np.testing.assert_allclose(a[:, [0, -1]], ref[:, [0, -1]], atol=1e-3)
+
+
+def test_band_normalization_zero_mean_unit_variance_per_band_and_gain_invariance():
+    c = FeatureConfig(normalize="band", peak_normalize=False)
+    x = speechlike(2.0)
+    f = features(x, c)[0]
+    np.testing.assert_allclose(f.mean(axis=1), 0.0, atol=1e-4)
+    std = f.std(axis=1)
+    assert np.all((np.abs(std - 1.0) < 1e-3) | (std < 1e-3))
+    # a gain is a constant in dB: removed by the normalisation even without peak scaling
+    # (with padding the log floor of the padded frames does not move, so stretch instead)
+    s = dataclasses.replace(c, time_normalize=True)
+    np.testing.assert_allclose(features(0.1 * x, s), features(x, s), atol=1e-3)
+    np.testing.assert_array_equal(audio.normalize_bands(f[None], FeatureConfig()), f[None])

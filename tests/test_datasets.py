@@ -222,3 +222,31 @@ def test_bundled_model_and_clips():
         feats = audio.features(audio.load(clip_dir / name, config.sample_rate), config)
         pred = saved["labels"][int(predict_logits(model, feats).argmax())]
         assert pred == entry["predicted"], name
+
+
+def test_bundled_model_figures_are_the_recorded_ones():
+    """The model file's held-out figures are the README's and those of the training run's
+    results/train/metrics.json and cv.json (committed with the model).
+
+    Retraining is not part of the test suite (minutes on 2 cores).
+    """
+    import torch
+
+    root = ASSETS.parents[1]
+    heldout = torch.load(ASSETS / "model.pt", map_location="cpu", weights_only=True)["heldout"]
+    matrix = np.array(heldout["confusion"])
+    assert matrix.sum() == heldout["clips"]
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(heldout["accuracy"])
+    per_group = heldout["per_group"]
+    assert sum(g["clips"] for g in per_group.values()) == heldout["clips"]
+    assert sum(g["accuracy"] * g["clips"] for g in per_group.values()) == pytest.approx(
+        heldout["accuracy"] * heldout["clips"])
+    readme = (root / "README.md").read_text()
+    assert f"**{100 * heldout['accuracy']:.1f} %**" in readme
+    assert f"{100 * heldout['balanced_accuracy']:.1f} %" in readme
+    for g in per_group.values():
+        assert f"{100 * g['accuracy']:.1f} %" in readme
+    results = root / "results" / "train"
+    assert heldout == json.loads((results / "metrics.json").read_text())
+    cv = json.loads((results / "cv.json").read_text())
+    assert f"**{100 * cv['accuracy']:.1f} %**" in readme

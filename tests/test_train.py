@@ -58,6 +58,23 @@ def test_train_model_learns_separable_data():
     assert abs(float(bn.running_var + bn.eps) ** 0.5 - x.std()) < 1e-2
 
 
+def test_train_model_phrase_head_is_training_only():
+    rng = np.random.default_rng(1)
+    n = 48
+    phrase = np.arange(n) % 4  # 4 "phrases", two per label
+    y = phrase // 2
+    x = rng.normal(0, 1, (n, 1, 40, 350)).astype(np.float32)
+    for p in range(4):
+        x[phrase == p, :, 10 * p:10 * p + 10, :] += 3.0
+    model = train_model(x, y, 2, epochs=3, batch_size=16, lr=2e-3, seed=0, log=lambda s: None,
+                        aux_targets=phrase, aux_weight=1.0, class_weight=False,
+                        label_smoothing=0.1)
+    fresh = reference_cnn(2)
+    assert [type(m).__name__ for m in model] == [type(m).__name__ for m in fresh]
+    assert model.state_dict().keys() == fresh.state_dict().keys()
+    assert (predict_logits(model, x).argmax(1).numpy() == y).mean() > 0.9
+
+
 def test_confusion():
     m = confusion([0, 1, 1, 2], [0, 2, 1, 2], 3)
     assert m.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
