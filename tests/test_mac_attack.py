@@ -62,14 +62,19 @@ def test_the_same_forgery_fails_mod_2_k_plus_s():
 
 
 # -- 2. the same cheat against the implementation ----------------------------------------------
-class ShiftedShare:
-    """Party 0 adds 2^63 to its value share and to its MAC share of x, then x is revealed."""
+class RecordsOutputs:
+    """A program that logs which parties got an output; the planner's dry run (a deep copy)
+    shares the log."""
 
     def __init__(self) -> None:
         self.outputs: list[int] = []
 
-    def __deepcopy__(self, memo: dict) -> ShiftedShare:
+    def __deepcopy__(self, memo: dict) -> RecordsOutputs:
         return self
+
+
+class ShiftedShare(RecordsOutputs):
+    """Party 0 adds 2^63 to its value share and to its MAC share of x, then x is revealed."""
 
     def __call__(self, p: Protocol):
         x = secret(p, X, 1)
@@ -103,14 +108,8 @@ def test_shifting_an_opened_value_by_2_63_is_caught(trial):
 
 
 # -- 3. any altered message aborts -------------------------------------------------------------
-class Program:
+class Program(RecordsOutputs):
     """input, mul, trunc, relu, reveal to party 0; records which parties got an output."""
-
-    def __init__(self) -> None:
-        self.outputs: list[int] = []
-
-    def __deepcopy__(self, memo: dict) -> Program:  # the planner's dry run shares the log
-        return self
 
     def __call__(self, p: Protocol) -> np.ndarray | None:
         x = secret(p, X, 0)
@@ -163,14 +162,8 @@ def test_flipping_a_high_bit_aborts(n):
 
 
 # -- 2b. an error in a DCF output (2 parties) ------------------------------------------------
-class Comparisons:
+class Comparisons(RecordsOutputs):
     """ltz revealed to party 0, relu revealed to party 1, then a product of the relu."""
-
-    def __init__(self) -> None:
-        self.outputs: list[int] = []
-
-    def __deepcopy__(self, memo: dict) -> Comparisons:
-        return self
 
     def __call__(self, p: Protocol):
         x = secret(p, X, 0)
