@@ -21,12 +21,13 @@ from protocols.run import DEFAULT_PARTIES, PartyReport, run
 @dataclass
 class LayerReport:
     name: str
-    seconds: float
+    seconds: float  # the slowest party's
     rounds: int
     bytes_sent: tuple[int, ...]  # per party
     items: int
     max_error: float | None  # vs the emulator (audit mode only)
     wait_seconds: tuple[float, ...] = ()  # per party: time blocked on the network
+    party_seconds: tuple[float, ...] = ()  # per party: wall time in the layer
 
 
 @dataclass
@@ -124,7 +125,8 @@ def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated
                                   max(s.rounds for s in per_party),
                                   tuple(s.bytes_sent for s in per_party),
                                   max(s.items for s in per_party), errors[k],
-                                  tuple(s.wait_seconds for s in per_party)))
+                                  tuple(s.wait_seconds for s in per_party),
+                                  tuple(s.seconds for s in per_party)))
     logits = outputs[CLIENT].logits
     return Classification(
         labels=outputs[CLIENT].labels.astype(np.int64),

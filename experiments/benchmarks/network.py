@@ -82,8 +82,9 @@ def _profile(result: Classification) -> str:
     rows = []
     for layer in result.layers:
         waits = layer.wait_seconds or (0.0,)
+        client = layer.party_seconds[0] if layer.party_seconds else layer.seconds
         rows.append([layer.name, f"{layer.seconds * 1e3:.1f}",
-                     f"{(layer.seconds - waits[0]) * 1e3:.1f}",
+                     f"{(client - waits[0]) * 1e3:.1f}",
                      "/".join(f"{w * 1e3:.1f}" for w in waits),
                      layer.rounds, f"{max(layer.bytes_sent) / 1e3:.0f}"])
     return table(["layer", "wall ms (slowest party)", "client's local work ms",
