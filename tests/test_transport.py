@@ -334,6 +334,34 @@ def test_large_simultaneous_exchange_does_not_deadlock(certs3):
             channel.close()
 
 
+def test_messages_read_in_another_order_than_sent_do_not_deadlock(certs3):
+    """Party 0 sends 20 MB to party 1, then to party 2; party 1 first waits for party 2,
+    which first waits for party 0. Party 1 must read party 0's link while it waits for
+    party 2, or party 0 stays blocked on party 1 and nobody moves."""
+    channels = _connect_all(certs3, timeout=30)
+    big = np.arange(20 * 2**20 // 8, dtype=np.uint64)
+
+    def party0():
+        channels[0].send(1, big)
+        channels[0].send(2, big)
+
+    def party1():
+        return channels[1].recv(2), channels[1].recv(0)
+
+    def party2():
+        got = channels[2].recv(0)
+        channels[2].send(1, got[:3])
+
+    try:
+        results, errors = _in_threads({0: party0, 1: party1, 2: party2}, join_timeout=45)
+        assert not errors, errors
+        small, large = results[1]
+        assert np.array_equal(small, big[:3]) and np.array_equal(large, big)
+    finally:
+        for channel in channels.values():
+            channel.close()
+
+
 @pytest.mark.timeout(30)
 def test_garbage_on_a_connection_is_protocol_error(certs3):
     channels = _connect_all({p: certs3[p] for p in (0, 1)}, timeout=5)

@@ -26,6 +26,7 @@ from mpc.net.channel import DEFAULT_TIMEOUT, Channel
 
 Address = tuple[str, int]
 _RETRY_SECONDS = 0.05
+_DRAIN_SECONDS = 0.02
 
 
 class AuthenticationError(SottovoceError):
@@ -191,30 +192,36 @@ class TcpChannel(Channel):
         return progressed
 
     def _wait(self, readable: list[ssl.SSLSocket], writable: list[ssl.SSLSocket],
-              deadline: float) -> None:
+              deadline: float) -> bool:
+        """Block until a socket is ready or `deadline`; False if nothing became ready."""
         remaining = deadline - time.monotonic()
-        if remaining > 0:
-            select.select(readable, writable, [], remaining)
+        if remaining <= 0:
+            return False
+        ready = select.select(readable, writable, [], remaining)
+        return bool(ready[0] or ready[1])
 
     def _recv_array(self, peer: int, expected_sequence: int) -> np.ndarray:
         frames = self._readers[peer].frames
         deadline = time.monotonic() + self.timeout
+        # Only this peer's link wakes us (a wake-up per TLS record of every link would cost
+        # more than the reads). Every party drains its incoming links while it waits to send,
+        # and after _DRAIN_SECONDS without data from `peer` we drain the others too, so a
+        # peer blocked writing to us is never stuck whatever order messages are read in.
         while not frames:
             if self._read_available(peer):
                 deadline = time.monotonic() + self.timeout
                 continue
-            for other in self.incoming:  # keep other links drained while we wait
-                if other != peer:
-                    self._read_available(other)
-            if frames:
-                break
             if peer in self._failure:
                 failure = self._failure[peer]
                 raise type(failure)(f"party {self.party_id}: {failure} (step {self.step})")
             if time.monotonic() >= deadline:
                 raise PeerTimeout(f"party {self.party_id}: party {peer} sent nothing for "
                                   f"{self.timeout:g} s (step {self.step})")
-            self._wait(list(self.incoming.values()), [], deadline)
+            if not self._wait([self.incoming[peer]], [],
+                              min(deadline, time.monotonic() + _DRAIN_SECONDS)):
+                for other in self.incoming:
+                    if other != peer:
+                        self._read_available(other)
         return frames.popleft()
 
     # -- writing ---------------------------------------------------------------------------
