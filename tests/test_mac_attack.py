@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from protocol_helpers import secret
+from tamper_programs import FRAC, Program, RecordsOutputs, X, Y
 
 from mpc.errors import CheatingDetected
 from protocols import ring128_ops as r128
@@ -27,9 +28,6 @@ from protocols.clear import Clear
 from protocols.run import run
 from protocols.tamper import Tamper, honest_message_counts
 
-FRAC = 16
-X = np.array([3 << FRAC, -(5 << FRAC), 1 << 10, -7, 0], dtype=np.int64)
-Y = np.array([-(2 << FRAC), 3 << FRAC, 1 << FRAC, 9 << FRAC, 4], dtype=np.int64)
 HALF = 1 << 63
 
 
@@ -62,17 +60,6 @@ def test_the_same_forgery_fails_mod_2_k_plus_s():
 
 
 # -- 2. the same cheat against the implementation ----------------------------------------------
-class RecordsOutputs:
-    """A program that logs which parties got an output; the planner's dry run (a deep copy)
-    shares the log."""
-
-    def __init__(self) -> None:
-        self.outputs: list[int] = []
-
-    def __deepcopy__(self, memo: dict) -> RecordsOutputs:
-        return self
-
-
 class ShiftedShare(RecordsOutputs):
     """Party 0 adds 2^63 to its value share and to its MAC share of x, then x is revealed."""
 
@@ -108,19 +95,6 @@ def test_shifting_an_opened_value_by_2_63_is_caught(trial):
 
 
 # -- 3. any altered message aborts -------------------------------------------------------------
-class Program(RecordsOutputs):
-    """input, mul, trunc, relu, reveal to party 0; records which parties got an output."""
-
-    def __call__(self, p: Protocol) -> np.ndarray | None:
-        x = secret(p, X, 0)
-        y = secret(p, Y, 1)
-        z = (x * y).trunc(FRAC).relu()
-        out = z.reveal(0)
-        if out is not None and not isinstance(p, Clear):
-            self.outputs.append(p.party_id)
-        return out
-
-
 def honest_counts(n: int) -> list[int]:
     program = Program()
     reports = run("spdz2k", program, n_parties=n)[:n]

@@ -12,37 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from protocol_helpers import secret
+from tamper_programs import FRAC, Program, X, Y
 
 from mpc.errors import CheatingDetected
-from protocols.base import Protocol
-from protocols.clear import Clear
 from protocols.run import DEFAULT_PARTIES, run
 from protocols.tamper import Tamper, honest_message_counts, tampered_run
 
 ACTIVE_SCHEMES = ["rep4", "replicated_mac"]
-FRAC = 16
-X = np.array([3 << FRAC, -(5 << FRAC), 1 << 10, -7, 0], dtype=np.int64)
-Y = np.array([-(2 << FRAC), 3 << FRAC, 1 << FRAC, 9 << FRAC, 4], dtype=np.int64)
-
-
-class Program:
-    """input, mul, trunc, relu, reveal to party 0; records which parties got an output."""
-
-    def __init__(self) -> None:
-        self.outputs: list[int] = []
-
-    def __deepcopy__(self, memo: dict) -> Program:  # the planner's dry run shares the log
-        return self
-
-    def __call__(self, p: Protocol) -> np.ndarray | None:
-        x = secret(p, X, 0)
-        y = secret(p, Y, 1)
-        z = (x * y).trunc(FRAC).relu()
-        out = z.reveal(0)
-        if out is not None and not isinstance(p, Clear):
-            self.outputs.append(p.party_id)
-        return out
 
 
 def expected() -> np.ndarray:
