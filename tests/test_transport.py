@@ -52,17 +52,23 @@ def _listeners(n: int) -> tuple[dict[int, socket.socket], dict[int, tuple[str, i
     return listeners, {p: (LOOPBACK, s.getsockname()[1]) for p, s in listeners.items()}
 
 
-def _connect_all(tls: dict[int, TlsFiles], timeout: float = 10.0,
-                 connect_timeout: float = 10.0) -> dict[int, tcp.TcpChannel]:
+def _try_connect_all(tls: dict[int, TlsFiles], timeout: float = 10.0,
+                     connect_timeout: float = 10.0) -> tuple[dict, dict]:
+    """Connect party p with tls[p], each in a thread: (open channels, errors) by party."""
     listeners, addresses = _listeners(len(tls))
     try:
-        channels, errors = _in_threads({
+        return _in_threads({
             p: functools.partial(tcp.connect, p, addresses, tls[p], listener=listeners[p],
                                  timeout=timeout, connect_timeout=connect_timeout)
             for p in tls})
     finally:
         for sock in listeners.values():
             sock.close()
+
+
+def _connect_all(tls: dict[int, TlsFiles], timeout: float = 10.0,
+                 connect_timeout: float = 10.0) -> dict[int, tcp.TcpChannel]:
+    channels, errors = _try_connect_all(tls, timeout, connect_timeout)
     if errors:
         for channel in channels.values():
             channel.close()
@@ -166,16 +172,7 @@ def test_certificate_from_another_ca_is_refused(tmp_path):
     # the intruder knows the real CA certificate (it is public) but its own is signed by
     # another CA
     intruder = TlsFiles(ca=good[1].ca, cert=evil[1].cert, key=evil[1].key)
-    listeners, addresses = _listeners(2)
-    try:
-        channels, errors = _in_threads({
-            0: functools.partial(tcp.connect, 0, addresses, good[0], listener=listeners[0],
-                                 timeout=5, connect_timeout=5),
-            1: functools.partial(tcp.connect, 1, addresses, intruder, listener=listeners[1],
-                                 timeout=5, connect_timeout=5)})
-    finally:
-        for sock in listeners.values():
-            sock.close()
+    channels, errors = _try_connect_all({0: good[0], 1: intruder}, timeout=5, connect_timeout=5)
     for channel in channels.values():
         channel.close()
     assert not channels
@@ -189,16 +186,7 @@ def test_wrong_party_certificate_is_refused_by_the_dialer(tmp_path):
     tls = make_certificates(tmp_path, 3)
     # party 1 presents party 2's (valid, same-CA) certificate
     impostor = TlsFiles(ca=tls[1].ca, cert=tls[2].cert, key=tls[2].key)
-    listeners, addresses = _listeners(2)
-    try:
-        channels, errors = _in_threads({
-            0: functools.partial(tcp.connect, 0, addresses, tls[0], listener=listeners[0],
-                                 timeout=5, connect_timeout=5),
-            1: functools.partial(tcp.connect, 1, addresses, impostor, listener=listeners[1],
-                                 timeout=5, connect_timeout=5)})
-    finally:
-        for sock in listeners.values():
-            sock.close()
+    channels, errors = _try_connect_all({0: tls[0], 1: impostor}, timeout=5, connect_timeout=5)
     for channel in channels.values():
         channel.close()
     assert not channels
@@ -576,27 +564,15 @@ def test_expired_certificate_is_refused(tmp_path):
     fresh = make_certificates(tmp_path / "new", 2)
     # both parties hold certificates of one CA whose validity ended; the same set made
     # valid connects (the control)
-    listeners, addresses = _listeners(2)
-    try:
-        channels, errors = _in_threads({
-            p: functools.partial(tcp.connect, p, addresses, expired[p], listener=listeners[p],
-                                 timeout=5, connect_timeout=5) for p in (0, 1)})
-    finally:
-        for sock in listeners.values():
-            sock.close()
+    channels, errors = _try_connect_all({p: expired[p] for p in (0, 1)}, timeout=5,
+                                        connect_timeout=5)
     for channel in channels.values():
         channel.close()
     assert not channels
     assert all(isinstance(e, SottovoceError) for e in errors.values())
     assert any("expired" in str(e) for e in errors.values()), errors
-    listeners, addresses = _listeners(2)
-    try:
-        channels, errors = _in_threads({
-            p: functools.partial(tcp.connect, p, addresses, fresh[p], listener=listeners[p],
-                                 timeout=5, connect_timeout=5) for p in (0, 1)})
-    finally:
-        for sock in listeners.values():
-            sock.close()
+    channels, errors = _try_connect_all({p: fresh[p] for p in (0, 1)}, timeout=5,
+                                        connect_timeout=5)
     assert len(channels) == 2 and not errors
     for channel in channels.values():
         channel.close()
