@@ -64,37 +64,34 @@ import numpy as np
 from mpc.errors import CheatingDetected, ProtocolError
 from mpc.prg import PRG
 from mpc.runtime import Runtime
+from protocols import bitslice
 from protocols import ring128_ops as r128
 from protocols.base import BilinearOp, Protocol
+from protocols.binary_rep3 import BinaryRep3, carry_out, majority, warmup
 from protocols.correlations import Request
 from protocols.ops import Mul
 
 U64 = np.uint64
 ONE = U64(1)
 ELL = 62
-SHIFTS = np.arange(64, dtype=np.uint64)
-POW2 = ONE << SHIFTS
 MUL = Mul()
-#: Elements per batch of a bit circuit (trunc, ltz, relu). A layer's values are processed in
-#: batches of this size, one after the other: each element's bit circuit holds about 40 KB per
-#: party at once (bit planes, MACs, products), so the 100k-element first ReLU layer of the
-#: reference CNN would need about 4 GB per party in one batch. Rounds grow with the number of
-#: batches; memory does not grow with the layer.
-CHUNK = 1 << 13
+#: Elements per batch of a comparison or truncation. A batch holds its bit planes, logged AND
+#: gates and conversion products at once, a few hundred bytes an element per party; batches
+#: bound memory for large batches of clips (one clip of the reference CNN fits in one).
+CHUNK = 1 << 17
+#: b = a mod 2 for a in {0, 1, 2, 3} as C1 a + C2 a^2 + C3 a^3 (mod 2^64, 3 is invertible)
+_INV3 = pow(3, -1, 1 << 64)
+C1, C2, C3 = (U64((2 + 4 * _INV3) % (1 << 64)), U64((1 << 64) - 3), U64((2 * _INV3) % (1 << 64)))
 
 
 def _auth(value: np.ndarray, mac: np.ndarray) -> np.ndarray:
     return np.concatenate([value, mac])
 
 
-def _xor(a: np.ndarray, b: np.ndarray, ab: np.ndarray) -> np.ndarray:
-    """a xor b for 0/1 values (any 128-bit layout) given their product ab."""
-    return r128.sub(r128.add(a, b), r128.scale_pow2(ab, 1))
-
-
-def _bits(v: np.ndarray) -> np.ndarray:
-    """(64, N) bit planes of a uint64 vector (N,)."""
-    return (v[None, :] >> SHIFTS[:, None]) & ONE
+def _cubic(a: np.ndarray, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
+    """C1 a + C2 a^2 + C3 a^3 on 128-bit arrays (values or MACs alike)."""
+    return r128.add(r128.add(r128.mul_public(a, C1), r128.mul_public(a2, C2)),
+                    r128.mul_public(a3, C3))
 
 
 def _digest(data: bytes | np.ndarray) -> np.ndarray:
@@ -126,6 +123,9 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         self._rho: np.ndarray | None = None  # (8, 1) authenticated mask of the next check
         self._vouch = {p: hashlib.sha256(b"replicated_mac") for p in (self.prev, self.next)}
         self.checks = 0
+        self.binary = BinaryRep3(self.channel, i, runtime.pair_prg(self.prev, "replicated_mac/b"),
+                                 runtime.pair_prg(self.next, "replicated_mac/b"))
+        warmup()
 
     # -- randomness ----------------------------------------------------------------------
     def _draw(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -264,17 +264,21 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
                              "copies of the same component")
         for peer, data in ((self.next, a), (self.prev, b)):
             if not np.array_equal(data[n:], ext[peer]):
-                raise self._fail(f"in {step} party {peer} saw a different input than this "
-                                 "party (input consistency)")
+                raise self._fail(f"in {step} party {peer} vouched for a different transcript "
+                                 "than this party (an input or an opened binary value)")
         missing = a[:n].reshape(x[0:2].shape)
         return r128.add(r128.add(x[0:2], x[2:4]), missing)
 
     def check(self, step: str) -> None:
-        """The batched MAC check of everything logged so far (3 rounds; none if nothing is)."""
-        if not self._pending and not self._weighed:
+        """Verify the binary gates and MAC-check everything logged so far (3 rounds for the
+        binary part if any gate is logged, then up to 3); none if nothing is logged."""
+        if not self._pending and not self._weighed and not self.binary.pending:
             return
         self.checks += 1
         fail = f"MAC check before {step} failed"
+        self.binary.verify(f"the check before {step}")
+        if self._rho is None:  # binary gates only: a round that makes the check's mask
+            self._round([], fail)
         if self._pending:  # a round with just the coin
             k_own, k_next = self._draw((1,))
             k_own, k_next = k_own.reshape(-1), k_next.reshape(-1)
@@ -288,8 +292,19 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         total = r128.add(self._acc, self._rho.reshape(8))
         y = self._open_redundant(total[0:4].reshape(4, 1), fail).reshape(2)
         sigma = r128.sub(total[4:8], r128.mul(self.alpha, y))
-        digests = {p: _digest(self._vouch[p].digest()) for p in (self.prev, self.next)}
-        s = self._open_redundant(sigma.reshape(4, 1), fail, digests)
+        poison = self.binary.poison
+        digests = {p: _digest(self._vouch[p].digest() + self.binary.vouch[p].digest())
+                   for p in (self.prev, self.next)}
+        if poison is not None:  # make both neighbours fail the comparison too
+            digests = {p: d ^ ONE for p, d in digests.items()}
+        try:
+            s = self._open_redundant(sigma.reshape(4, 1), fail, digests)
+        except CheatingDetected:
+            if poison is None:
+                raise
+            s = None
+        if poison is not None:
+            raise self._fail(f"{fail}: {poison}")
         self._acc = np.zeros(8, dtype=U64)
         self._weighed = False
         self._rho = None
@@ -350,56 +365,48 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         return z
 
     # -- bit circuits --------------------------------------------------------------------
-    def _full_adder(self, x: np.ndarray, step: str) -> tuple[np.ndarray, np.ndarray]:
-        """Authenticated bit planes (8, 64, N) of S and C' = 2C mod 2^64 with
-        S + 2C = x_0 + x_1 + x_2 (the low limbs of x's components; 2 rounds)."""
-        i = self.party_id
-        own_bits, next_bits = _bits(x[0]), _bits(x[2])
-        zero = np.zeros_like(own_bits)
-        planes = []
-        for j in range(3):  # component j's bits: (bits, 0, 0) placed at component j
-            lo_own = own_bits if j == i else zero
-            lo_next = next_bits if j == (i + 1) % 3 else zero
-            planes.append(np.stack([lo_own, zero, lo_next, zero]))
-        a, b, c = planes
-        alpha = self.alpha.reshape(4, 1, 1)
-        ma, mb, mc, ab = self._round([(alpha, a, MUL), (alpha, b, MUL), (alpha, c, MUL),
-                                      (a, b, MUL)], f"{step}: bit MACs")
-        t = _xor(a, b, ab)
-        ct, mct, mab = self._round([(c, t, MUL), (mc, t, MUL), (ma, b, MUL)],
-                                   f"{step}: full adder")
-        for z in (_auth(a, ma), _auth(b, mb), _auth(c, mc), _auth(ab, mab), _auth(ct, mct)):
-            self._log(z)
-        mt = _xor(ma, mb, mab)
-        s = _auth(_xor(t, c, ct), _xor(mt, mc, mct))
-        carry = _auth(r128.add(ab, ct), r128.add(mab, mct))
-        cp = np.zeros_like(carry)
-        cp[:, 1:] = carry[:, :-1]
-        return s, cp
+    def _addends(self, x: np.ndarray) -> list[np.ndarray]:
+        """Binary sharings (2, 64, W) of the low limbs of x's three value components: each is
+        known to the two holders of its component, so slicing it into bit planes is free."""
+        own, nxt = bitslice.slice_bits(x[0]), bitslice.slice_bits(x[2])
+        return [self.binary.components(own, nxt, j) for j in range(3)]
 
-    def _carry(self, g: np.ndarray, p: np.ndarray, step: str) -> np.ndarray:
-        """Carry out of the top of bits (axis 1, from bit 0 up) with generate g and propagate
-        p (8, n, N): a balanced tree, one product round per level."""
-        level = 0
-        while g.shape[1] > 1:
-            n = g.shape[1]
-            pairs = n // 2
-            gh, gl = g[:, 1:2 * pairs:2], g[:, 0:2 * pairs:2]
-            ph, pl = p[:, 1:2 * pairs:2], p[:, 0:2 * pairs:2]
-            level += 1
-            if pairs > 1:  # the bottom group's propagate is never needed
-                pg, pp = self._amul([(ph, gl), (ph[:, 1:], pl[:, 1:])],
-                                    f"{step}: carry level {level}")
-                new_p = np.concatenate([np.zeros_like(pp[:, :1]), pp], axis=1)
-            else:
-                (pg,) = self._amul([(ph, gl)], f"{step}: carry level {level}")
-                new_p = np.zeros_like(pg)
-            new_g = r128.add(gh, pg)
-            if n % 2:
-                new_g = np.concatenate([new_g, g[:, -1:]], axis=1)
-                new_p = np.concatenate([new_p, p[:, -1:]], axis=1)
-            g, p = new_g, new_p
-        return g[:, 0]
+    def _lift(self, planes: list[np.ndarray], n: int) -> np.ndarray:
+        """The 128-bit replicated sharing (4, k n) of a = b_0 + b_1 + b_2 in {0..3} for each of
+        the first n bits of each binary plane (2, W): its components are the binary ones."""
+        own = np.concatenate([bitslice.unslice_bit(plane[0], n) for plane in planes])
+        nxt = np.concatenate([bitslice.unslice_bit(plane[1], n) for plane in planes])
+        zero = np.zeros_like(own)
+        return np.stack([own, zero, nxt, zero])
+
+    def _b2a(self, planes: list[np.ndarray], n: int, step: str,
+             extra=None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Authenticated 0/1 values (8, k n) of binary bits (3 rounds): a = b_0 + b_1 + b_2,
+        then b = a mod 2 = C1 a + C2 a^2 + C3 a^3, exact on {0..3}, with a^2 and a^3 as
+        authenticated products (value x y, MAC (alpha x) y). `extra(b_value)` may add
+        products to the last round that need only b's value; their outputs are returned."""
+        a = self._lift(planes, n)
+        alpha = self.alpha.reshape(4, 1)
+        m_a, a2 = self._round([(alpha, a, MUL), (a, a, MUL)], f"{step}: bits to ring 1")
+        m_a2, a3 = self._round([(m_a, a, MUL), (a2, a, MUL)], f"{step}: bits to ring 2")
+        value = _cubic(a, a2, a3)
+        more = extra(value) if extra is not None else []
+        m_a3, *outs = self._round([(m_a2, a, MUL), *more], f"{step}: bits to ring 3")
+        for v, m in ((a, m_a), (a2, m_a2), (a3, m_a3)):
+            self._log(_auth(v, m))
+        return _auth(value, _cubic(m_a, m_a2, m_a3)), outs
+
+    def _msb(self, x: np.ndarray, step: str) -> np.ndarray:
+        """The binary top bit (2, W) of x_0 + x_1 + x_2 mod 2^64 (8 rounds): a full-adder
+        layer to S + 2C, then msb = s_63 xor C_62 xor the carry into bit 63 of S + 2C."""
+        a, b, c = self._addends(x)
+        s = a ^ b ^ c
+        carry = majority(self.binary, a[:, :63], b[:, :63], c[:, :63], f"{step}: full adder")
+        (g,) = self.binary.and_([(s[:, 1:63], carry[:, :62])], f"{step}: generate bits")
+        zero = np.zeros_like(g[:, :1])
+        g = np.concatenate([zero, g], axis=1)  # bit 0 of 2C is 0, so it generates nothing
+        p = s[:, :63] ^ np.concatenate([zero, carry[:, :62]], axis=1)
+        return s[:, 63] ^ carry[:, 62] ^ carry_out(self.binary, g, p, step)
 
     def _batched(self, fn, x: np.ndarray) -> np.ndarray:
         """fn over the flat values of x, CHUNK elements at a time."""
@@ -414,46 +421,70 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         f = int(frac_bits)
         if not 0 <= f <= ELL:
             raise ValueError(f"cannot truncate by {f} bits")
+        if f == 0:
+            return x.copy()
         return self._batched(lambda flat: self._trunc(flat, f), x)
 
     def _trunc(self, x: np.ndarray, f: int) -> np.ndarray:
+        """Exact floor(x / 2^f) for |x| < 2^62 (9 rounds). With y = x + 2^62 in [0, 2^63) and
+        its components y_j: y >> f = sum_j (y_j >> f) + c_low - 2^(64-f) w, where c_low (the
+        carry out of the low f bits of y_0 + y_1 + y_2) = carry_f(S + C') + C_(f-1) and w (the
+        wrap of the sum) = (s_63 or C_62) + C_63, from the full adder S + 2C of the low f and
+        the top two bits; the sum_j (y_j >> f) are components, authenticated by one product."""
+        n = x.shape[1]
         y = self.add_public(x, U64(1 << ELL))
-        s, cp = self._full_adder(y, "trunc")
-        pairs = [(s[:, 63], cp[:, 63])]
-        if f > 0:
-            pairs.append((s[:, :f], cp[:, :f]))
-        out = self._amul(pairs, "trunc: generate bits")
-        carry64 = r128.sub(r128.add(s[:, 63], cp[:, 63]), out[0])
-        result = r128.sum_axes(r128.mul_public(r128.add(s[:, f:], cp[:, f:]),
-                                               POW2[:64 - f, None]), (0,))
-        if f > 0:
-            g = out[1]
-            p = r128.sub(r128.add(s[:, :f], cp[:, :f]), r128.scale_pow2(g, 1))
-            result = r128.add(result, self._carry(g, p, "trunc"))
-        minus = U64(((1 << 64) - (1 << (64 - f))) % (1 << 64)) if f > 0 else U64(0)
-        result = r128.add(result, r128.mul_public(carry64, minus))
+        a, b, c = self._addends(y)
+        rows = [*range(f), 62, 63]
+        carry = majority(self.binary, a[:, rows], b[:, rows], c[:, rows], "trunc: full adder")
+        s = a ^ b ^ c
+        low, c62, c63 = carry[:, :f], carry[:, f], carry[:, f + 1]
+        pairs = [(s[:, 63], c62)] + ([(s[:, 1:f], low[:, :f - 1])] if f > 1 else [])
+        outs = self.binary.and_(pairs, "trunc: generate bits")
+        wrap_low = s[:, 63] ^ c62 ^ outs[0]  # s_63 or C_62: the carry out of S + C'
+        if f > 1:
+            zero = np.zeros_like(outs[1][:, :1])
+            g = np.concatenate([zero, outs[1]], axis=1)
+            p = s[:, :f] ^ np.concatenate([zero, low[:, :f - 1]], axis=1)
+            carry_f = carry_out(self.binary, g, p, "trunc")
+        else:  # one low bit: s_0 + 0 never carries
+            carry_f = np.zeros_like(c62)
+        shifted = np.stack([x_lo >> U64(f) for x_lo in (y[0], y[2])])
+        zero = np.zeros_like(shifted[0])
+        t = np.stack([shifted[0], zero, shifted[1], zero])
+        alpha = self.alpha.reshape(4, 1)
+        bits, (m_t,) = self._b2a([carry_f, low[:, f - 1], wrap_low, c63], n, "trunc",
+                                 lambda _: [(alpha, t, MUL)])
+        t = _auth(t, m_t)
+        self._log(t)
+        bits = bits.reshape(8, 4, n)
+        carries = r128.add(bits[:, 0], bits[:, 1])
+        wraps = r128.mul_public(r128.add(bits[:, 2], bits[:, 3]), U64(1 << (64 - f)))
+        result = r128.sub(r128.add(t, carries), wraps)
         return self.add_public(result, U64((-(1 << (ELL - f))) % (1 << 64)))
 
-    def _msb(self, x: np.ndarray, step: str) -> np.ndarray:
-        s, cp = self._full_adder(x, step)
-        q, g = self._amul([(s[:, 63], cp[:, 63]), (s[:, :63], cp[:, :63])],
-                          f"{step}: generate bits")
-        u = _xor(s[:, 63], cp[:, 63], q)
-        p = r128.sub(r128.add(s[:, :63], cp[:, :63]), r128.scale_pow2(g, 1))
-        carry = self._carry(g, p, step)
-        (uc,) = self._amul([(u, carry)], f"{step}: top bit")
-        return _xor(u, carry, uc)
-
     def ltz(self, x: np.ndarray) -> np.ndarray:
-        return self._batched(lambda flat: self._msb(flat, "ltz"), x)
+        return self._batched(self._ltz, x)
+
+    def _ltz(self, x: np.ndarray) -> np.ndarray:
+        bit, _ = self._b2a([self._msb(x, "ltz")], x.shape[1], "ltz")
+        return bit
 
     def relu(self, x: np.ndarray) -> np.ndarray:
         return self._batched(self._relu, x)
 
     def _relu(self, x: np.ndarray) -> np.ndarray:
-        keep = self.add_public(self.neg(self._msb(x, "relu")), ONE)
-        (z,) = self._amul([(x, keep)], "relu: select")
-        return z
+        """x (1 - msb): the selection rides in the last conversion round (11 rounds)."""
+        n = x.shape[1]
+        one = self.constant(np.ones(n, dtype=U64))[0:4]
+
+        def select(msb: np.ndarray) -> list:
+            keep = r128.sub(one, msb)
+            return [(x[0:4], keep, MUL), (x[4:8], keep, MUL)]
+
+        _, (z, m_z) = self._b2a([self._msb(x, "relu")], n, "relu", select)
+        out = _auth(z, m_z)
+        self._log(out)
+        return out
 
     def preprocess(self, plan: list[Request]) -> None:
         """No offline phase: all randomness comes from the pairwise keys."""

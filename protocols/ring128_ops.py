@@ -26,6 +26,12 @@ M32 = U64(0xFFFFFFFF)
 S32 = U64(32)
 
 
+@numba.vectorize(["uint64(uint64, uint64)"], cache=True, nopython=True)
+def mulhi(x, y):  # pragma: no cover - numba
+    """High 64 bits of x * y, as a numba ufunc (broadcasting; twin: `ring.mulhi64`)."""
+    return ring.mulwide(x, y)[1]
+
+
 def interleave(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Stack low and high limb planes (each (m, *shape)) into (2m, *shape)."""
     lo, hi = np.broadcast_arrays(lo, hi)
@@ -81,7 +87,7 @@ def mul_public(x: np.ndarray, v: np.ndarray) -> np.ndarray:
     x = _align_public(x, v)
     lo_in = x[0::2]
     lo = lo_in * v
-    hi = ring.mulhi64(*np.broadcast_arrays(lo_in, v)) + x[1::2] * v
+    hi = mulhi(lo_in, v) + x[1::2] * v
     return interleave(lo, hi)
 
 
@@ -90,7 +96,7 @@ def mul(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x, y = _align(x, y)
     xl, yl = np.broadcast_arrays(x[0::2], y[0::2])
     lo = xl * yl
-    hi = ring.mulhi64(xl, yl) + x[0::2] * y[1::2] + x[1::2] * y[0::2]
+    hi = mulhi(xl, yl) + x[0::2] * y[1::2] + x[1::2] * y[0::2]
     return interleave(lo, hi)
 
 
