@@ -50,7 +50,6 @@ from mpc.errors import ProtocolError
 from mpc.net.channel import Channel
 from mpc.prg import PRG
 from protocols import bitslice
-from protocols import ring128_ops as r128
 
 U64 = np.uint64
 ALL = U64(0xFFFFFFFFFFFFFFFF)
@@ -94,7 +93,6 @@ def warmup() -> None:
     """Load this module's compiled kernels (numba's cache) before anything is timed."""
     permutation(bytes(16), 2)
     bitslice.slice_bits(np.zeros(1, dtype=U64))
-    r128.mulhi(np.ones(2, dtype=U64), np.ones(2, dtype=U64))
     rows, gates = np.zeros((OPENED + 2, 6), dtype=U64), np.zeros((1, 6), dtype=U64)
     _must_be_zero(rows, gates, _openings(rows, gates, 1, 2)[0], 1, 2, True, False)
 

@@ -16,10 +16,12 @@ secure against one malicious party up to an additive error. Every product output
 input, and every authenticated bit) goes into a log, so a party that alters any message it
 sends in a product makes some logged value's MAC wrong.
 
-Check (before every reveal). The log is compressed round by round: every product round that
-follows a logged value also carries a public coin (its three components are drawn from the
-pairwise keys; each party receives its missing component from both its neighbours and
-compares), and the values logged before that round are folded into a running sum
+Check (before every reveal). First the binary gates logged since the last check are verified
+(3 rounds, `BinaryRep3.verify`); its opened and zero-checked values go into the digests
+compared at the end of this check. Then the arithmetic log, compressed round by round: every
+product round that follows a logged value also carries a public coin (its three components
+are drawn from the pairwise keys; each party receives its missing component from both its
+neighbours and compares), and the values logged before that round are folded into a running sum
 sum chi_j [z_j] with coefficients chi_j from that coin. The coin is fixed after the values it
 weighs (a rushing adversary sees it only after it sent those messages), so memory stays at one
 round's working set. At a reveal: one coin round for the rest of the log, then
@@ -38,19 +40,27 @@ low limb only (the high limb of x~ carries information about the computation), t
 Those messages are sent only after the sender's check passed, so t never outputs while an
 honest party aborts.
 
-Truncation and comparison, without a dealer and without masks: the low limbs of the three
-components x~_j mod 2^64 are each known to two parties, so their bits are replicated sharings
-for free, (bit, 0, 0) placed at component j; one product round gives their MACs
-[alpha b] = [alpha] * [b]. A full-adder layer (2 rounds: a b, then c (a xor b), with
-xor(u, v) = u + v - 2uv on authenticated 0/1 values mod 2^128) turns x_0 + x_1 + x_2 into
-S + 2C. Then, with C' = 2C mod 2^64 and generate/propagate bits g = s c', p = s + c' - 2g:
-- ltz (10 rounds): msb = s_63 xor c'_63 xor carry_63, carry_63 from a 6-level carry tree over
-  bits 0..62 (combine (g, p)(g', p') = (g + p g', p p'), 2 products per node), exact on the ring;
-  relu = x * (1 - msb): 11 rounds.
-- trunc (3 + ceil(log2 f) rounds, 7 for f = 16): y = x + 2^62 lies in [0, 2^63) for
-  |x| < 2^62, so y's top bit is 0 and the carry out of S + C' is s_63 or c'_63 (one product);
-  y >> f = (S >> f) + (C' >> f) + carry_f - 2^(64-f) carry_64 with carry_f the carry into bit f
-  (a tree over f bits), and x >> f = (y >> f) - 2^(62-f): exact floor, no probabilistic error.
+Truncation and comparison, without a dealer and without masks. The low limbs of the three
+components x~_j mod 2^64 are each known to two parties, so their bits are binary replicated
+sharings for free, (bits, 0, 0) placed at component j; the circuits run on those, packed 64
+values a word, in `protocols.binary_rep3`, whose AND gates (one bit sent per gate) are all
+verified by cut-and-bucket triple sacrifice at the next check (about 10 more bits a gate). A
+full-adder layer (1 round) turns x_0 + x_1 + x_2 into S + 2C; with C' = 2C mod 2^64,
+generate bits g = s c' and propagate bits p = s xor c':
+- ltz (11 rounds): msb = s_63 xor C_62 xor carry_63, carry_63 from a 6-level carry tree over
+  bits 0..62 (combine (g, p)(g', p') = (g xor p g', p p'), 2 ANDs per node);
+- trunc (2 + ceil(log2 f) + 3 rounds, 9 for f = 16): y = x + 2^62 lies in [0, 2^63) for
+  |x| < 2^62, and y >> f = sum_j (y_j >> f) + c_low - 2^(64-f) w exactly, with c_low =
+  carry_f(S + C') + C_(f-1) (a tree over the low f bits) and w = (s_63 or C_62) + C_63 (one
+  AND: y's top bit is 0); the sum_j (y_j >> f) are components, authenticated by one product;
+  x >> f = (y >> f) - 2^(62-f): exact floor, no probabilistic error.
+Bits come back to the ring authenticated (3 rounds, 5 products a bit): a = b_0 + b_1 + b_2 is a
+replicated sharing of an integer in {0..3} with the binary components as its components; its
+MAC [alpha] [a], then [a^2] and [a^3] as authenticated products (value x y, MAC (alpha x) y),
+and b = a mod 2 = C1 a + C2 a^2 + C3 a^3 (exact on {0..3}, 3 invertible mod 2^64). A party
+that uses a different bit in either world than its honest co-holder only adds an error to
+its messages, which the gate verification or the MAC check catches. ReLU's selection
+x (1 - msb) rides in the last conversion round (it needs msb's value, not its MAC).
 Costs are measured in tests/test_replicated_mac.py and reported there.
 """
 
@@ -64,10 +74,10 @@ import numpy as np
 from mpc.errors import CheatingDetected, ProtocolError
 from mpc.prg import PRG
 from mpc.runtime import Runtime
-from protocols import bitslice
+from protocols import binary_rep3, bitslice
 from protocols import ring128_ops as r128
 from protocols.base import BilinearOp, Protocol
-from protocols.binary_rep3 import BinaryRep3, carry_out, majority, warmup
+from protocols.binary_rep3 import BinaryRep3, carry_out, majority
 from protocols.correlations import Request
 from protocols.ops import Mul
 
@@ -125,7 +135,8 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         self.checks = 0
         self.binary = BinaryRep3(self.channel, i, runtime.pair_prg(self.prev, "replicated_mac/b"),
                                  runtime.pair_prg(self.next, "replicated_mac/b"))
-        warmup()
+        binary_rep3.warmup()  # numba's first calls belong to set-up, not to the online phase
+        r128.warmup()
 
     # -- randomness ----------------------------------------------------------------------
     def _draw(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -185,6 +196,10 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         coin = self._pending != []
         outs = []
         for a, b, op in products:
+            if isinstance(op, Mul):
+                own, nxt = self._draw(np.broadcast_shapes(a.shape[1:], b.shape[1:]))
+                outs.append(r128.replicated_product(a, b, own, nxt))
+                continue
             z = r128.add(r128.bilinear(op, a[0:2], r128.add(b[0:2], b[2:4])),
                          r128.bilinear(op, a[2:4], b[0:2]))
             own, nxt = self._draw(z.shape[1:])

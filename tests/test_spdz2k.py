@@ -378,3 +378,26 @@ def test_reference_cnn_under_spdz2k_equals_torch():
     relu = [layer for layer in result.layers if layer.name.startswith("relu")]
     assert {layer.rounds for layer in relu} == {2}  # the 2-party DCF comparison
     assert result.bytes_sent("offline")[-1] > 0  # the dealer's one message
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_replicated_product_kernel_matches_composed_operations(data):
+    """`replicated_product` (numba, one pass) against mul/add/sub and Python ints, with the
+    first operand broadcast as the MAC key is."""
+    m = data.draw(st.integers(1, 30))
+
+    def replicated(label):  # two 128-bit components (4, m) and their Python ints (2, m)
+        x, xi = wide((2, m), data, label)
+        return r128.interleave(x[0], x[1]), xi
+
+    a, ai = replicated("a")
+    b, bi = replicated("b")
+    own, oi = wide((m,), data, "own")
+    nxt, ni = wide((m,), data, "next")
+    for left in (a, a[:, :1]):
+        want = r128.sub(r128.add(r128.add(r128.mul(left[0:2], r128.add(b[0:2], b[2:4])),
+                                          r128.mul(left[2:4], b[0:2])), own), nxt)
+        assert np.array_equal(r128.replicated_product(left, b, own, nxt), want)
+    got = r128.to_pyint(r128.replicated_product(a, b, own, nxt))
+    assert np.array_equal(got, (ai[0] * (bi[0] + bi[1]) + ai[1] * bi[0] + oi - ni) % M128)
