@@ -61,6 +61,15 @@ def test_rep4_labels_equal_the_passive_schemes_on_20_inputs(trained):
 
 
 
+def test_replicated_mac_labels_equal_the_passive_schemes_on_20_inputs(trained):
+    """Issue 7's bar for the 3-party MAC scheme: the 20 inputs in one batch (binary gates
+    verified every 2^20 logged words, so memory stays bounded)."""
+    loaded, features, logits = trained
+    active = classify(loaded.secure, features[:20], scheme="replicated_mac", timeout=300)
+    passive = classify(loaded.secure, features[:20], scheme="replicated")
+    assert np.array_equal(active.labels, passive.labels)
+    assert np.array_equal(active.labels, logits[:20].argmax(axis=1))
+
 
 def test_spdz2k_labels_equal_the_passive_schemes_on_20_inputs(trained):
     """Issue 7's bar for the 2-party MAC scheme (its DCF comparison path). One clip per run:
