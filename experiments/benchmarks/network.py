@@ -22,9 +22,9 @@ from nn.inference import Classification, classify
 from protocols.run import DEFAULT_PARTIES, SCHEMES
 
 ORDER = ["replicated", "additive", "rep4", "spdz2k", "replicated_mac"]
-# replicated_mac's comparisons run on 128-bit arithmetic bits (about 1 KB of traffic per
-# compared element); spdz2k's 2-party comparisons use DCF keys (about 3 KB of dealer material
-# per compared element, sent to both parties); batch 1 only.
+# spdz2k's 2-party comparisons use DCF keys (about 3 KB of dealer material per compared
+# element, sent to both parties); replicated_mac takes ~3 s of CPU a clip, so a batch of 32
+# would hold the benchmark for minutes. Batch 1 only.
 MAX_BATCH = {"spdz2k": 1, "replicated_mac": 1}
 #: The comparison path a scheme takes at its default party count, named in the table.
 PATH = {"spdz2k": "DCF comparisons"}
