@@ -71,6 +71,29 @@ def bucket_size(buckets: int) -> int:
     raise ValueError(f"no bucket size reaches 2^-{STAT_BITS} with {buckets} buckets")
 
 
+def min_buckets(size: int) -> int:
+    """The fewest buckets at which bucket size `size` keeps the bound under 2^-STAT_BITS."""
+    low, high = 1, 1 << 40
+    while low < high:
+        mid = (low + high) // 2
+        if bucket_size(mid) <= size:
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def bucket_plan(gates: int) -> tuple[int, int]:
+    """(buckets, B) for verifying `gates` words at the least traffic: B triples a bucket and
+    2 (B - 1) opened words for its sacrifices. Padding up to the buckets a smaller B needs
+    can be cheaper than a larger B (below about 2^19.4 gate words, B = 3 on padded buckets
+    beats B = 4); never fewer than MIN_BUCKETS."""
+    need = max(gates, MIN_BUCKETS)
+    largest = bucket_size(need)
+    plans = [(max(need, min_buckets(b)), b) for b in range(max(2, largest - 2), largest + 1)]
+    return min(plans, key=lambda plan: plan[0] * (3 * plan[1] - 2))
+
+
 @numba.njit(cache=True, nogil=True)
 def _fisher_yates(randomness: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
     n = randomness.size
@@ -226,8 +249,7 @@ class BinaryRep3:
             offset += width
         self._log, self._logged_words = [], 0
         n = gates.shape[0]
-        buckets = max(n, MIN_BUCKETS)
-        size = bucket_size(buckets)
+        buckets, size = bucket_plan(n)
         total = OPENED + buckets * size
         a, b = self.random((total,)), self.random((total,))
         (c,) = self._products([(a, b)], f"{step}: verification triples")

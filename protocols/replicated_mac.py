@@ -49,18 +49,20 @@ full-adder layer (1 round) turns x_0 + x_1 + x_2 into S + 2C; with C' = 2C mod 2
 generate bits g = s c' and propagate bits p = s xor c':
 - ltz (11 rounds): msb = s_63 xor C_62 xor carry_63, carry_63 from a 6-level carry tree over
   bits 0..62 (combine (g, p)(g', p') = (g xor p g', p p'), 2 ANDs per node);
-- trunc (2 + ceil(log2 f) + 3 rounds, 9 for f = 16): y = x + 2^62 lies in [0, 2^63) for
-  |x| < 2^62, and y >> f = sum_j (y_j >> f) + c_low - 2^(64-f) w exactly, with c_low =
-  carry_f(S + C') + C_(f-1) (a tree over the low f bits) and w = (s_63 or C_62) + C_63 (one
-  AND: y's top bit is 0); the sum_j (y_j >> f) are components, authenticated by one product;
-  x >> f = (y >> f) - 2^(62-f): exact floor, no probabilistic error.
-Bits come back to the ring authenticated (3 rounds, 5 products a bit): a = b_0 + b_1 + b_2 is a
-replicated sharing of an integer in {0..3} with the binary components as its components; its
-MAC [alpha] [a], then [a^2] and [a^3] as authenticated products (value x y, MAC (alpha x) y),
-and b = a mod 2 = C1 a + C2 a^2 + C3 a^3 (exact on {0..3}, 3 invertible mod 2^64). A party
-that uses a different bit in either world than its honest co-holder only adds an error to
-its messages, which the gate verification or the MAC check catches. ReLU's selection
-x (1 - msb) rides in the last conversion round (it needs msb's value, not its MAC).
+- trunc (5 rounds): y = x + 2^62 lies in [0, 2^63) for |x| < 2^62, and y >> f =
+  sum_j (y_j >> f) + c - 2^(64-f) w exactly, with c = C_(f-1) + carry_f(S + C') and
+  w = (s_63 or C_62) + C_63 (one AND: y's top bit is 0, so s_63 xor C_62 xor carry_63 = 0);
+  the sum_j (y_j >> f) are components, authenticated by one product. carry_f would need a
+  carry tree over the low f bits; it is left out and 1 added instead, so x >> f comes out
+  as the floor or one more (the contract of `Protocol.trunc`), never further off.
+Bits come back to the ring authenticated (3 rounds, 5 products a bit; 3 bits for trunc, 1
+for ltz): a = b_0 + b_1 + b_2 is a replicated sharing of an integer in {0..3} with the binary
+components as its components; its MAC [alpha] [a], then [a^2] and [a^3] as authenticated
+products (value x y, MAC (alpha x) y), and b = a mod 2 = C1 a + C2 a^2 + C3 a^3 (exact on
+{0..3}, 3 invertible mod 2^64). A party that uses a different bit in either world than its
+honest co-holder only adds an error to its messages, which the gate verification or the MAC
+check catches. ReLU's selection x (1 - msb) rides in the last conversion round (it needs
+msb's value, not its MAC).
 Costs are measured in tests/test_replicated_mac.py and reported there.
 """
 
@@ -441,41 +443,35 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         return self._batched(lambda flat: self._trunc(flat, f), x)
 
     def _trunc(self, x: np.ndarray, f: int) -> np.ndarray:
-        """Exact floor(x / 2^f) for |x| < 2^62 (9 rounds). With y = x + 2^62 in [0, 2^63) and
-        its components y_j: y >> f = sum_j (y_j >> f) + c_low - 2^(64-f) w, where c_low (the
-        carry out of the low f bits of y_0 + y_1 + y_2) = carry_f(S + C') + C_(f-1) and w (the
-        wrap of the sum) = (s_63 or C_62) + C_63, from the full adder S + 2C of the low f and
-        the top two bits; the sum_j (y_j >> f) are components, authenticated by one product."""
+        """floor(x / 2^f) or one more, for |x| < 2^62 (5 rounds). With y = x + 2^62 in
+        [0, 2^63) and its components y_j: y >> f = sum_j (y_j >> f) + c - 2^(64-f) w, where
+        c = floor(sum_j (y_j mod 2^f) / 2^f) = C_(f-1) + d and w (the wrap of the sum) =
+        (s_63 or C_62) + C_63, from the full adder S + 2C of bits f-1, 62 and 63; d, the carry
+        out of the low f bits of S + 2C, is left out and 1 added, so the result is the floor
+        plus 1 - d (exact for f = 1, where d = 0). The sum_j (y_j >> f) are components,
+        authenticated by one product."""
         n = x.shape[1]
         y = self.add_public(x, U64(1 << ELL))
         a, b, c = self._addends(y)
-        rows = [*range(f), 62, 63]
-        carry = majority(self.binary, a[:, rows], b[:, rows], c[:, rows], "trunc: full adder")
-        s = a ^ b ^ c
-        low, c62, c63 = carry[:, :f], carry[:, f], carry[:, f + 1]
-        pairs = [(s[:, 63], c62)] + ([(s[:, 1:f], low[:, :f - 1])] if f > 1 else [])
-        outs = self.binary.and_(pairs, "trunc: generate bits")
-        wrap_low = s[:, 63] ^ c62 ^ outs[0]  # s_63 or C_62: the carry out of S + C'
-        if f > 1:
-            zero = np.zeros_like(outs[1][:, :1])
-            g = np.concatenate([zero, outs[1]], axis=1)
-            p = s[:, :f] ^ np.concatenate([zero, low[:, :f - 1]], axis=1)
-            carry_f = carry_out(self.binary, g, p, "trunc")
-        else:  # one low bit: s_0 + 0 never carries
-            carry_f = np.zeros_like(c62)
-        shifted = np.stack([x_lo >> U64(f) for x_lo in (y[0], y[2])])
+        rows = [f - 1, 62, 63]
+        low, c62, c63 = majority(self.binary, a[:, rows], b[:, rows], c[:, rows],
+                                 "trunc: full adder").transpose(1, 0, 2)
+        s63 = a[:, 63] ^ b[:, 63] ^ c[:, 63]
+        (both,) = self.binary.and_([(s63, c62)], "trunc: wrap")
+        wrap_low = s63 ^ c62 ^ both  # s_63 or C_62: y's top bit is 0 (see the module notes)
+        shifted = [x_lo >> U64(f) for x_lo in (y[0], y[2])]
         zero = np.zeros_like(shifted[0])
         t = np.stack([shifted[0], zero, shifted[1], zero])
         alpha = self.alpha.reshape(4, 1)
-        bits, (m_t,) = self._b2a([carry_f, low[:, f - 1], wrap_low, c63], n, "trunc",
+        bits, (m_t,) = self._b2a([low, wrap_low, c63], n, "trunc",
                                  lambda _: [(alpha, t, MUL)])
         t = _auth(t, m_t)
         self._log(t)
-        bits = bits.reshape(8, 4, n)
-        carries = r128.add(bits[:, 0], bits[:, 1])
-        wraps = r128.mul_public(r128.add(bits[:, 2], bits[:, 3]), U64(1 << (64 - f)))
-        result = r128.sub(r128.add(t, carries), wraps)
-        return self.add_public(result, U64((-(1 << (ELL - f))) % (1 << 64)))
+        bits = bits.reshape(8, 3, n)
+        wraps = r128.mul_public(r128.add(bits[:, 1], bits[:, 2]), U64(1 << (64 - f)))
+        result = r128.sub(r128.add(t, bits[:, 0]), wraps)
+        up = 1 if f > 1 else 0  # f = 1: bit 0 of S + C' never carries (C' is even)
+        return self.add_public(result, U64((up - (1 << (ELL - f))) % (1 << 64)))
 
     def ltz(self, x: np.ndarray) -> np.ndarray:
         return self._batched(self._ltz, x)

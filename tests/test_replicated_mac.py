@@ -185,8 +185,9 @@ def test_products_are_exact_mod_2_64(data):
 @EXAMPLES
 @given(drawn=st.lists(st.integers(-VALUE_MAX, VALUE_MAX), min_size=1, max_size=50),
        frac_bits=st.integers(0, 40))
-def test_trunc_is_exact_floor(drawn, frac_bits):
-    """Floor or one more is the promise; this scheme's bit-circuit truncation is exact."""
+def test_trunc_is_floor_or_one_more(drawn, frac_bits):
+    """The contract of `Protocol.trunc`: floor or one more, never further off; exact for
+    f <= 1 (no carry is left out). Both outcomes occur, so the bound is the real one."""
     values = np.array(drawn + [0, 1, -1, VALUE_MAX, -VALUE_MAX], dtype=np.int64)
 
     def program(p):
@@ -194,7 +195,15 @@ def test_trunc_is_exact_floor(drawn, frac_bits):
 
     got = i64(everyone_agrees(run3(program)))
     floor = np.array([v >> frac_bits for v in values.tolist()], dtype=np.int64)
-    assert np.array_equal(got, floor), got - floor
+    assert set(np.unique(got - floor)) <= ({0} if frac_bits <= 1 else {0, 1}), got - floor
+
+
+def test_trunc_error_is_zero_or_one_and_both_happen():
+    values = np.random.default_rng(4).integers(-VALUE_MAX, VALUE_MAX, 4000)
+    got = i64(everyone_agrees(run3(lambda p: reveal_all(secret(p, values, 0).trunc(16)))))
+    error = got - (values >> 16)
+    assert set(np.unique(error)) == {0, 1}
+    assert 0.3 < error.mean() < 0.7  # the carry left out is 1 about half the time
 
 
 @EXAMPLES
@@ -230,7 +239,7 @@ def test_batched_bit_circuits_match(monkeypatch):
     assert np.array_equal(ltz, (values < 0).astype(np.uint64))
     assert np.array_equal(i64(relu), np.maximum(values, 0))
     small = np.array([abs(int(v)) <= VALUE_MAX for v in values])  # trunc's promise
-    assert np.array_equal(i64(trunc)[small], values[small] >> 3)
+    assert set(np.unique(i64(trunc)[small] - (values[small] >> 3))) <= {0, 1}
 
 
 @EXAMPLES
@@ -260,10 +269,10 @@ def test_argmax_breaks_ties_towards_the_first_index():
 
 # -- rounds and traffic ----------------------------------------------------------------------
 
-#: online rounds of each step, for the busiest party: trunc 2 + ceil(log2 f) + 3 (f = 16), ltz
-#: 8 + 3, relu the same (the selection rides in the last conversion round); a reveal's check
-#: is 4 rounds, plus 3 when binary gates await verification
-ROUNDS = {"input": 2, "mul": 1, "matmul": 1, "trunc": 9, "ltz": 11, "relu": 11,
+#: online rounds of each step, for the busiest party: trunc 2 + 3, ltz 8 + 3, relu the same
+#: (the selection rides in the last conversion round); a reveal's check is 4 rounds, plus 3
+#: when binary gates await verification
+ROUNDS = {"input": 2, "mul": 1, "matmul": 1, "trunc": 5, "ltz": 11, "relu": 11,
           "check+reveal": 4, "binary check": 3, "reveal again": 1}
 
 
@@ -304,15 +313,15 @@ def test_argmax_takes_one_comparison_depth():
 
 #: words of 64 bits each party sends per element: a passive product of 128-bit values is 2
 #: words, an authenticated one (value and MAC) 4. A bit decomposition sends one bit per AND
-#: gate: trunc (f = 16) 18 full-adder planes, 16 generate planes and 15 + 7 + 3 + 1 in the carry
-#: tree; ltz 63 + 62 + (61 + 31 + 15 + 7 + 3 + 1). Converting k bits to the ring is 5 passive
-#: products each (trunc 4 bits and the MAC of the shifted components, ltz 1 bit).
-GATES = {"trunc": 18 + 16 + 26, "ltz": 63 + 62 + 118}
-WORDS = {"mul": 4, "trunc": GATES["trunc"] / 64 + 2 * (5 * 4 + 1),
+#: gate: trunc 3 full-adder planes and 1 for the wrap; ltz 63 full-adder planes, 62 generate
+#: planes and 61 + 31 + 15 + 7 + 3 + 1 in the carry tree. Converting k bits to the ring is 5
+#: passive products each (trunc 3 bits and the MAC of the shifted components, ltz 1 bit).
+GATES = {"trunc": 3 + 1, "ltz": 63 + 62 + 118}
+WORDS = {"mul": 4, "trunc": GATES["trunc"] / 64 + 2 * (5 * 3 + 1),
          "ltz": GATES["ltz"] / 64 + 2 * 5}
-#: verification at the next check, per AND gate: B triples (B = 4 below 2^19.4 buckets), then
-#: two opened bits per sacrifice (B - 1 of them) and per gate; plus the minimum of 2^14
-#: buckets for small batches
+#: verification at the next check, per AND gate: B triples (B = 4 for 2^16 gate words: 2^18.9
+#: buckets would be needed for B = 3), then two opened bits per sacrifice (B - 1 of them) and
+#: per gate
 VERIFY_BITS_PER_GATE = 4 + 2 * 3 + 2
 
 
