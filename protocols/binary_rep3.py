@@ -33,8 +33,13 @@ bit position then runs its own bucketing experiment over the same permutation of
 the adversary's chance is at most that of one experiment over `buckets` items: a bad triple
 passes only if its whole bucket is bad, probability about buckets * B! / (buckets B)^B for
 the cheapest attack (B bad items). `bucket_size` picks the smallest B that keeps this under
-2^-40, with at least `MIN_BUCKETS` buckets (B = 3 from about 2^19.4 buckets, the size of one
-clip of the reference CNN; B = 4 at the minimum).
+2^-40, with at least `MIN_BUCKETS` buckets (B = 3 from 494,304 buckets, about 2^18.9, less
+than one clip of the reference CNN; B = 4 at the minimum). `bucket_plan` may pad to reach a
+smaller B when that costs less traffic.
+
+Known limit of the module alone: its vouches are compared only by the caller's check, so an
+opening after the last check is unprotected; `ReplicatedMac` opens binary values only inside
+`verify` and always checks before it reveals.
 """
 
 from __future__ import annotations
@@ -86,8 +91,8 @@ def min_buckets(size: int) -> int:
 def bucket_plan(gates: int) -> tuple[int, int]:
     """(buckets, B) for verifying `gates` words at the least traffic: B triples a bucket and
     2 (B - 1) opened words for its sacrifices. Padding up to the buckets a smaller B needs
-    can be cheaper than a larger B (below about 2^19.4 gate words, B = 3 on padded buckets
-    beats B = 4); never fewer than MIN_BUCKETS."""
+    can be cheaper than a larger B (from about 2^18.4 gate words, B = 3 on buckets padded
+    to 2^18.9 beats B = 4); never fewer than MIN_BUCKETS."""
     need = max(gates, MIN_BUCKETS)
     largest = bucket_size(need)
     plans = [(max(need, min_buckets(b)), b) for b in range(max(2, largest - 2), largest + 1)]
@@ -139,15 +144,21 @@ class BinaryRep3:
         self.prev, self.next = (i - 1) % 3, (i + 1) % 3
         self.key_own, self.key_next = key_own, key_next  # k_i and k_{i+1}
         self.vouch = {p: hashlib.sha256(b"binary_rep3") for p in (self.prev, self.next)}
-        self.poison: str | None = None
+        self.poison: str | None = None  # the first failure seen locally
+        self._compared = True
         self._log: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._logged_words = 0
         self.verified_words = 0
 
     @property
     def pending(self) -> bool:
-        """Whether logged gates await verification."""
-        return bool(self._log)
+        """Whether logged gates await verification, or verified ones (and openings) await the
+        comparison of vouch digests, which only the caller's check does."""
+        return bool(self._log) or not self._compared
+
+    def compared(self) -> None:
+        """The caller compared the vouch digests (and honoured `poison`)."""
+        self._compared = True
 
     # -- sharing -------------------------------------------------------------------------
     def components(self, own: np.ndarray | None, nxt: np.ndarray | None,
@@ -192,7 +203,9 @@ class BinaryRep3:
         """x AND y for each pair (one round); every gate is logged for verification."""
         results = self._products(pairs, step)
         for (x, y), z in zip(pairs, results, strict=True):
-            self._log.append((x.reshape(2, -1), y.reshape(2, -1), z.reshape(2, -1)))
+            # copies: a caller may reuse its arrays in place after the AND
+            self._log.append((x.reshape(2, -1).copy(), y.reshape(2, -1).copy(),
+                              z.reshape(2, -1).copy()))
             self._logged_words += z[0].size
         if self._logged_words >= VERIFY_EVERY:
             self.verify(f"{step} (log full)")
@@ -202,12 +215,18 @@ class BinaryRep3:
     def _open(self, v: np.ndarray, step: str) -> np.ndarray:
         """Open (2, m) to everyone: own component to the next party; the received one is
         vouched for with the next party, which holds it too."""
+        self._compared = False
         got = self.channel.exchange({self.next: np.ascontiguousarray(v[0])},
                                     (self.prev,))[self.prev]
         _check_words(got, v.shape[1], self.prev, step)
         self.vouch[self.next].update(got.tobytes())
         self.vouch[self.prev].update(np.ascontiguousarray(v[1]).tobytes())
         return v[0] ^ v[1] ^ got
+
+    def _fail(self, what: str) -> None:
+        """Poison this party's digests, keeping the first cause for the error message."""
+        if self.poison is None:
+            self.poison = what
 
     def _expect_zero(self, v: np.ndarray) -> None:
         """Vouch that the shared (2, m) is zero: v_i xor v_{i+1} here must equal v_{i+2} at
@@ -227,7 +246,7 @@ class BinaryRep3:
                 raise ProtocolError(f"party {peer} sent {value.dtype}{value.shape} as a coin "
                                     f"in {step}")
         if not np.array_equal(a, b):
-            self.poison = f"{step}: parties {self.prev} and {self.next} sent different coins"
+            self._fail(f"{step}: parties {self.prev} and {self.next} sent different coins")
         parts = {self.party_id: own, self.next: nxt, self.prev: a.tobytes()}
         return hashlib.sha256(b"".join(parts[j] for j in range(3))).digest()
 
@@ -261,7 +280,7 @@ class BinaryRep3:
         opened = self._open(opening, f"{step}: verification openings")
         cut_a, cut_b, cut_c = (opened[k * OPENED:(k + 1) * OPENED] for k in range(3))
         if not np.array_equal(cut_c, cut_a & cut_b):
-            self.poison = f"{step}: an opened triple is not a AND b (cut-and-choose)"
+            self._fail(f"{step}: an opened triple is not a AND b (cut-and-choose)")
         self._expect_zero(_must_be_zero(rows, gates, opened, buckets, size,
                                         self.party_id == 0, self.party_id == 2))
         self.verified_words += n
@@ -300,7 +319,7 @@ def _must_be_zero(rows: np.ndarray, gates: np.ndarray, opened: np.ndarray, bucke
                   holds_second: bool) -> np.ndarray:  # pragma: no cover - numba
     """The shares (2, m) that are zero iff every sacrifice and every gate check passes:
     c_f xor c_t xor sigma a_t xor rho b_t xor rho sigma for each bucket's pairs, then
-    z xor c_f xor sigma a_f xor rho x b_f xor rho sigma for each gate (the public term
+    z xor c_f xor sigma a_f xor rho b_f xor rho sigma for each gate (the public term
     joins component 0, held first by party 0 and second by party 2)."""
     n = gates.shape[0]
     pairs = buckets * (size - 1)

@@ -322,6 +322,7 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
             s = None
         if poison is not None:
             raise self._fail(f"{fail}: {poison}")
+        self.binary.compared()
         self._acc = np.zeros(8, dtype=U64)
         self._weighed = False
         self._rho = None
