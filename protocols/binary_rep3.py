@@ -121,7 +121,9 @@ def warmup() -> None:
     """Load this module's compiled kernels (numba's cache) before anything is timed."""
     permutation(bytes(16), 2)
     bitslice.slice_bits(np.zeros(1, dtype=U64))
-    rows, gates = np.zeros((OPENED + 2, 6), dtype=U64), np.zeros((1, 6), dtype=U64)
+    pair = np.zeros((2, OPENED + 2), dtype=U64)
+    rows = _scatter_rows(pair, pair, pair, permutation(bytes(16), OPENED + 2))
+    gates = np.zeros((1, 6), dtype=U64)
     _must_be_zero(rows, gates, _openings(rows, gates, 1, 2)[0], 1, 2, True, False)
 
 
@@ -255,8 +257,9 @@ class BinaryRep3:
         """Check every logged AND (3 rounds; none if nothing is logged). A failure shows in
         this party's vouch digests (compared by the caller) or poisons them.
 
-        Triples are held as rows (a_i, a_i+1, b_i, b_i+1, c_i, c_i+1) so the permutation
-        moves one 48-byte row per word instead of six scattered words."""
+        Triples are held as rows (a_i, a_i+1, b_i, b_i+1, c_i, c_i+1), and triple k goes to
+        row perm[k] (the inverse of a uniform permutation is uniform): one pass of sequential
+        reads and one 48-byte write per word."""
         if not self._log:
             return
         gates = np.empty((sum(e[0].shape[1] for e in self._log), 6), dtype=U64)
@@ -272,9 +275,8 @@ class BinaryRep3:
         total = OPENED + buckets * size
         a, b = self.random((total,)), self.random((total,))
         (c,) = self._products([(a, b)], f"{step}: verification triples")
-        rows = np.stack([a[0], a[1], b[0], b[1], c[0], c[1]], axis=1)
+        rows = _scatter_rows(a, b, c, permutation(self._coin(f"{step}: bucket coin"), total))
         del a, b, c
-        rows = np.take(rows, permutation(self._coin(f"{step}: bucket coin"), total), axis=0)
 
         opening = _openings(rows, gates, buckets, size)
         opened = self._open(opening, f"{step}: verification openings")
@@ -284,6 +286,22 @@ class BinaryRep3:
         self._expect_zero(_must_be_zero(rows, gates, opened, buckets, size,
                                         self.party_id == 0, self.party_id == 2))
         self.verified_words += n
+
+@numba.njit(cache=True, nogil=True)
+def _scatter_rows(a: np.ndarray, b: np.ndarray, c: np.ndarray,
+                  perm: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
+    """Rows (total, 6): row perm[k] = (a_0, a_1, b_0, b_1, c_0, c_1) of triple k."""
+    rows = np.empty((perm.size, 6), dtype=np.uint64)
+    for k in range(perm.size):
+        r = perm[k]
+        rows[r, 0] = a[0, k]
+        rows[r, 1] = a[1, k]
+        rows[r, 2] = b[0, k]
+        rows[r, 3] = b[1, k]
+        rows[r, 4] = c[0, k]
+        rows[r, 5] = c[1, k]
+    return rows
+
 
 @numba.njit(cache=True, nogil=True)
 def _openings(rows: np.ndarray, gates: np.ndarray, buckets: int,
@@ -298,16 +316,18 @@ def _openings(rows: np.ndarray, gates: np.ndarray, buckets: int,
         for k in range(3):
             for w in range(OPENED):
                 out[h, k * OPENED + w] = rows[w, 2 * k + h]
-        base = 3 * OPENED
-        for q in range(buckets):
-            f = OPENED + q * size
-            for t in range(1, size):
-                j = q * (size - 1) + t - 1
-                out[h, base + j] = rows[f, h] ^ rows[f + t, h]
-                out[h, base + pairs + j] = rows[f, 2 + h] ^ rows[f + t, 2 + h]
-        base += 2 * pairs
-        for k in range(n):
-            f = OPENED + k * size
+    base = 3 * OPENED
+    for q in range(buckets):
+        f = OPENED + q * size
+        for t in range(1, size):
+            j = base + q * (size - 1) + t - 1
+            for h in range(2):
+                out[h, j] = rows[f, h] ^ rows[f + t, h]
+                out[h, j + pairs] = rows[f, 2 + h] ^ rows[f + t, 2 + h]
+    base += 2 * pairs
+    for k in range(n):
+        f = OPENED + k * size
+        for h in range(2):
             out[h, base + k] = gates[k, h] ^ rows[f, h]
             out[h, base + n + k] = gates[k, 2 + h] ^ rows[f, 2 + h]
     return out

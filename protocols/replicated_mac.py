@@ -102,8 +102,7 @@ def _auth(value: np.ndarray, mac: np.ndarray) -> np.ndarray:
 
 def _cubic(a: np.ndarray, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
     """C1 a + C2 a^2 + C3 a^3 on 128-bit arrays (values or MACs alike)."""
-    return r128.add(r128.add(r128.mul_public(a, C1), r128.mul_public(a2, C2)),
-                    r128.mul_public(a3, C3))
+    return r128.combination([a, a2, a3], [C1, C2, C3])
 
 
 def _digest(data: bytes | np.ndarray) -> np.ndarray:

@@ -66,12 +66,38 @@ def replicated_product(a: np.ndarray, b: np.ndarray, own: np.ndarray,
     return out.reshape(2, *shape)
 
 
+@numba.njit(cache=True, nogil=True)
+def _combination_kernel(xs: np.ndarray, cs: np.ndarray,
+                        out: np.ndarray) -> None:  # pragma: no cover - numba
+    for limb in range(0, out.shape[0], 2):
+        for k in range(out.shape[1]):
+            lo = np.uint64(0)
+            hi = np.uint64(0)
+            for t in range(xs.shape[0]):
+                p_lo, p_hi = ring.mulwide(xs[t, limb, k], cs[t])
+                p_hi += xs[t, limb + 1, k] * cs[t]
+                lo += p_lo
+                hi += p_hi + np.uint64(lo < p_lo)
+            out[limb, k] = lo
+            out[limb + 1, k] = hi
+
+
+def combination(xs: list[np.ndarray], cs: list[int]) -> np.ndarray:
+    """sum_t cs[t] xs[t] mod 2^128 for same-shaped 128-bit arrays (2m, ...) and uint64
+    constants, in one pass (numba; the same as composing `mul_public` and `add`)."""
+    stacked = np.stack([np.ascontiguousarray(x).reshape(x.shape[0], -1) for x in xs])
+    out = np.empty(stacked.shape[1:], dtype=np.uint64)
+    _combination_kernel(stacked, np.array(cs, dtype=np.uint64), out)
+    return out.reshape(xs[0].shape)
+
+
 def warmup() -> None:
     """Load the elementwise kernels (numba's cache) before anything is timed."""
     one = np.ones((4, 1), dtype=np.uint64)
     replicated_product(one, one, one[:2], one[:2])
     mulhi(one[0], one[0])
     dot_public(one[:2], one[0])
+    combination([one, one], [1, 2])
 
 
 def interleave(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -401,3 +401,15 @@ def test_replicated_product_kernel_matches_composed_operations(data):
         assert np.array_equal(r128.replicated_product(left, b, own, nxt), want)
     got = r128.to_pyint(r128.replicated_product(a, b, own, nxt))
     assert np.array_equal(got, (ai[0] * (bi[0] + bi[1]) + ai[1] * bi[0] + oi - ni) % M128)
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_combination_kernel_matches_composed_operations(data):
+    m = data.draw(st.integers(1, 20))
+    xs = [wide((2, m), data, f"x{t}")[0].reshape(4, m) for t in range(3)]
+    cs = data.draw(st.lists(ring_values, min_size=3, max_size=3), label="constants")
+    want = r128.add(r128.add(r128.mul_public(xs[0], np.uint64(cs[0])),
+                             r128.mul_public(xs[1], np.uint64(cs[1]))),
+                    r128.mul_public(xs[2], np.uint64(cs[2])))
+    assert np.array_equal(r128.combination(xs, cs), want)
