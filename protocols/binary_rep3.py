@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numba
 import numpy as np
@@ -385,10 +385,14 @@ def majority(engine: BinaryRep3, a: np.ndarray, b: np.ndarray, c: np.ndarray,
     return t ^ c
 
 
-def carry_out(engine: BinaryRep3, g: np.ndarray, p: np.ndarray, step: str) -> np.ndarray:
+def carry_out(and_pairs: Callable[[list[tuple[np.ndarray, np.ndarray]], str],
+                                  list[np.ndarray]],
+              g: np.ndarray, p: np.ndarray, step: str) -> np.ndarray:
     """The carry out of the top of an addition with generate bits g and propagate bits p
-    (2, L, W), bit 0 first: a balanced tree, one round per level, (g, p) o (g', p') =
-    (g xor p g', p p') (g and p g' never both 1, so xor is or)."""
+    (components, L, W), bit 0 first: a balanced tree, one round per level, (g, p) o (g', p')
+    = (g xor p g', p p') (g and p g' never both 1, so xor is or). `and_pairs(pairs, step)`
+    is the scheme's AND of each pair of bit-sliced sharings, one round for all of them
+    (`BinaryRep3.and_` here, rep4's redundant products there)."""
     level = 0
     while g.shape[1] > 1:
         L = g.shape[1]
@@ -398,10 +402,10 @@ def carry_out(engine: BinaryRep3, g: np.ndarray, p: np.ndarray, step: str) -> np
         level += 1
         step_here = f"{step}: carry level {level}"
         if pairs > 1:  # the bottom group's propagate is never needed
-            pg, pp = engine.and_([(p_hi, g_lo), (p_hi[:, 1:], p_lo[:, 1:])], step_here)
+            pg, pp = and_pairs([(p_hi, g_lo), (p_hi[:, 1:], p_lo[:, 1:])], step_here)
             new_p = np.concatenate([np.zeros_like(pp[:, :1]), pp], axis=1)
         else:
-            (pg,) = engine.and_([(p_hi, g_lo)], step_here)
+            (pg,) = and_pairs([(p_hi, g_lo)], step_here)
             new_p = np.zeros_like(pg)
         new_g = g_hi ^ pg
         if L % 2:

@@ -76,7 +76,7 @@ import numpy as np
 from mpc.errors import CheatingDetected
 from mpc.prg import KEY_BYTES, PRG
 from mpc.runtime import Runtime
-from protocols import bitslice
+from protocols import binary_rep3, bitslice
 from protocols.base import BilinearOp, Protocol
 from protocols.correlations import Request
 from protocols.ops import Mul
@@ -350,6 +350,14 @@ class Rep4(Protocol):
 
         return finish
 
+    def _and_pairs(self, pairs: list[tuple[np.ndarray, np.ndarray]],
+                   step: str) -> list[np.ndarray]:
+        """AND of each pair of bit-sliced sharings in one round (the carry tree's step)."""
+        rnd = _Round()
+        finishes = [self._product(rnd, x, y, And(), BOOL) for x, y in pairs]
+        self._exchange(rnd, step)
+        return [finish() for finish in finishes]
+
     def _product(self, rnd: _Round, x: np.ndarray, y: np.ndarray, op: BilinearOp | And,
                  domain: str) -> Callable[[], np.ndarray]:
         """Shares of op(x, y) after the round: six jointly input pair sums."""
@@ -572,27 +580,8 @@ class Rep4(Protocol):
         fin_g = self._product(rnd, a[:, :63], b[:, :63], And(), BOOL)
         self._exchange(rnd, "comparison: generate bits")
         g, p = fin_g(), a[:, :63] ^ b[:, :63]
-        level = 0
-        while g.shape[1] > 1:
-            count = g.shape[1]
-            pairs = count // 2
-            g_hi, g_lo = g[:, 1:2 * pairs:2], g[:, 0:2 * pairs:2]
-            p_hi, p_lo = p[:, 1:2 * pairs:2], p[:, 0:2 * pairs:2]
-            last = count == 2
-            left = p_hi if last else np.concatenate([p_hi, p_hi], axis=1)
-            right = g_lo if last else np.concatenate([g_lo, p_lo], axis=1)
-            rnd = _Round()
-            fin = self._product(rnd, left, right, And(), BOOL)
-            level += 1
-            self._exchange(rnd, f"comparison: carry level {level}")
-            both = fin()
-            new_g = g_hi ^ both[:, :pairs]
-            new_p = p_hi if last else both[:, pairs:]
-            if count % 2:
-                new_g = np.concatenate([new_g, g[:, -1:]], axis=1)
-                new_p = np.concatenate([new_p, p[:, -1:]], axis=1)
-            g, p = new_g, new_p
-        msb = a[:, 63] ^ b[:, 63] ^ g[:, 0]
+        carry = binary_rep3.carry_out(self._and_pairs, g, p, "comparison")
+        msb = a[:, 63] ^ b[:, 63] ^ carry
         rnd = _Round()
         fin_e = self._open_all(rnd, msb ^ m["rho_bits"])
         self._exchange(rnd, "comparison: open msb xor rho")

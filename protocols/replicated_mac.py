@@ -423,7 +423,7 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         zero = np.zeros_like(g[:, :1])
         g = np.concatenate([zero, g], axis=1)  # bit 0 of 2C is 0, so it generates nothing
         p = s[:, :63] ^ np.concatenate([zero, carry[:, :62]], axis=1)
-        return s[:, 63] ^ carry[:, 62] ^ carry_out(self.binary, g, p, step)
+        return s[:, 63] ^ carry[:, 62] ^ carry_out(self.binary.and_, g, p, step)
 
     def _batched(self, fn, x: np.ndarray) -> np.ndarray:
         """fn over the flat values of x, CHUNK elements at a time."""
