@@ -57,7 +57,6 @@ from mpc.prg import PRG
 from protocols import bitslice
 
 U64 = np.uint64
-ALL = U64(0xFFFFFFFFFFFFFFFF)
 STAT_BITS = 40
 MIN_BUCKETS = 1 << 14
 OPENED = 64  # words opened by the cut-and-choose (64 triples at each bit position)

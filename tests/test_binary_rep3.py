@@ -420,6 +420,17 @@ def shared(engine: BinaryRep3, parts: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def shared_all(engine: BinaryRep3, parts: list[list[np.ndarray]]) -> list[np.ndarray]:
+    return [shared(engine, part) for part in parts]
+
+
+def two_words(seed: int, shape) -> tuple[np.ndarray, np.ndarray, list[list[np.ndarray]]]:
+    """Random words x and y of `shape` and the components of a sharing of each."""
+    rng = np.random.default_rng(seed)
+    x, y = random_words(rng, shape), random_words(rng, shape)
+    return x, y, [split(x, rng), split(y, rng)]
+
+
 def run_binary(body) -> list:
     """body(protocol) at each party of a replicated_mac run; the planner's dry run (not a
     ReplicatedMac) gets None. Returns the parties' results."""
@@ -501,7 +512,7 @@ def test_majority_of_three_words(a, data, seed):
     def body(p):
         engine = p.binary
         rounds = p.channel.traffic.rounds
-        m = majority(engine, *(shared(engine, part) for part in parts), "majority")
+        m = majority(engine, *shared_all(engine, parts), "majority")
         rounds = p.channel.traffic.rounds - rounds
         return rounds, m, open_words(engine, m, "open"), check_and_count(p, "the test")
 
@@ -547,7 +558,7 @@ def test_carry_out_is_the_carry_of_an_addition(bits, columns, data, seed):
 
     def body(p):
         engine = p.binary
-        a, b = (shared(engine, part) for part in parts)
+        a, b = shared_all(engine, parts)
         (g,) = engine.and_([(a, b)], "generate")
         rounds = p.channel.traffic.rounds
         carry = carry_out(engine.and_, g, a ^ b, "add")
@@ -562,13 +573,11 @@ def test_carry_out_is_the_carry_of_an_addition(bits, columns, data, seed):
 
 
 def test_checks_verify_only_what_was_logged_since_the_last_one():
-    rng = np.random.default_rng(5)
-    x, y = random_words(rng, 7), random_words(rng, 7)
-    parts = [split(x, rng), split(y, rng)]
+    x, y, parts = two_words(5, 7)
 
     def body(p):
         engine = p.binary
-        a, b = (shared(engine, part) for part in parts)
+        a, b = shared_all(engine, parts)
         (z,) = engine.and_([(a, b)], "first")
         first = check_and_count(p, "first check")
         (w,) = engine.and_([(z[:, :3], b[:, :3])], "second")
@@ -588,13 +597,11 @@ def test_checks_verify_only_what_was_logged_since_the_last_one():
 
 def test_a_full_log_is_verified_inside_the_and(monkeypatch):
     monkeypatch.setattr(br, "VERIFY_EVERY", 10)
-    rng = np.random.default_rng(6)
-    x, y = random_words(rng, 6), random_words(rng, 6)
-    parts = [split(x, rng), split(y, rng)]
+    x, y, parts = two_words(6, 6)
 
     def body(p):
         engine = p.binary
-        a, b = (shared(engine, part) for part in parts)
+        a, b = shared_all(engine, parts)
         engine.and_([(a, b)], "first")  # 6 words: below the limit
         after_first = engine.pending, engine.verified_words
         rounds = p.channel.traffic.rounds
@@ -616,14 +623,12 @@ def test_a_verification_inside_the_and_is_still_compared_at_the_check(monkeypatc
     compare the digests: an altered AND message is caught (the review finding behind
     `BinaryRep3.pending` counting unconfirmed verifications)."""
     monkeypatch.setattr(br, "VERIFY_EVERY", 4)
-    rng = np.random.default_rng(8)
-    x, y = random_words(rng, 6), random_words(rng, 6)
-    parts = [split(x, rng), split(y, rng)]
+    x, y, parts = two_words(8, 6)
 
     def body(p):
         if not isinstance(p, ReplicatedMac):
             return None
-        a, b = (shared(p.binary, part) for part in parts)
+        a, b = shared_all(p.binary, parts)
         p.binary.and_([(a, b)], "gate")
         p.check("test")
         return not p.binary.pending
@@ -639,13 +644,11 @@ def test_verification_messages_and_their_sizes():
     """verify sends: the triples' products (OPENED + buckets B words) to the previous party,
     the coin's components (16 bytes) to both neighbours, the openings (3 OPENED +
     2 buckets (B - 1) + 2 n words) to the next party: 3 rounds."""
-    rng = np.random.default_rng(7)
-    x, y = random_words(rng, (2, 5)), random_words(rng, (2, 5))
-    parts = [split(x, rng), split(y, rng)]
+    x, y, parts = two_words(7, (2, 5))
 
     def body(p):
         engine = p.binary
-        a, b = (shared(engine, part) for part in parts)
+        a, b = shared_all(engine, parts)
         engine.and_([(a, b)], "and")
         sent = []
         original = p.channel._send
