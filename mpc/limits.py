@@ -9,7 +9,7 @@ Each limit is enforced where the input enters and checked by a test:
   about 55 MB per clip for three parties plus a fixed ~0.4 GB, about 3.9 GB at `MAX_BATCH`.
   replicated_mac holds 128-bit values and MACs and a log of AND gates: 1.28 GB at batch 1 and
   2.61 GB at batch 8, about 190 MB per clip plus ~1.1 GB, so ~13 GB at `MAX_BATCH`; its
-  gate log is verified every `protocols.binary_rep3.VERIFY_EVERY` words, which bounds that
+  gate log is verified every `protocols.blocks.binary_rep3.VERIFY_EVERY` words, which bounds that
   part.
 * `MAX_FRAME_PAYLOAD` bytes in one message on the wire (`mpc.net.framing`): a header that
   declares more is refused before anything is allocated (tests/test_framing.py::

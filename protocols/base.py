@@ -13,8 +13,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from protocols.correlations import Request
 from protocols.ops import Conv2d, MatMul, Mul
+from protocols.preprocessing.correlations import Request
 
 BilinearOp = Mul | MatMul | Conv2d
 
@@ -142,7 +142,7 @@ class Protocol(ABC):
 
 class MaskedPrimitives:
     """trunc, ltz and relu for schemes that run them as masked sub-protocols
-    (`protocols.masked`): the scheme supplies `_masked(kind, x, **params)`."""
+    (`protocols.blocks.masked`): the scheme supplies `_masked(kind, x, **params)`."""
 
     def _masked(self, kind: str, x: np.ndarray, **params: int) -> np.ndarray:
         raise NotImplementedError

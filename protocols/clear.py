@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from protocols.base import BilinearOp, Protocol, as_ring
-from protocols.correlations import Request
+from protocols.preprocessing.correlations import Request
 
 MSB = np.uint64(63)
 

@@ -20,15 +20,16 @@ from mpc.errors import ProtocolError
 from mpc.launch import run_processes, run_threads
 from mpc.net.channel import Traffic
 from mpc.runtime import RunConfig, Runtime
-from protocols import bitslice, store
-from protocols.additive import Additive
 from protocols.base import Protocol
+from protocols.blocks import bitslice
 from protocols.clear import Planner
-from protocols.correlations import Request
-from protocols.rep4 import Rep4
-from protocols.replicated import Replicated
-from protocols.replicated_mac import ReplicatedMac
-from protocols.spdz2k import Spdz2k
+from protocols.preprocessing import store
+from protocols.preprocessing.correlations import Request
+from protocols.schemes.additive import Additive
+from protocols.schemes.rep4 import Rep4
+from protocols.schemes.replicated import Replicated
+from protocols.schemes.replicated_mac import ReplicatedMac
+from protocols.schemes.spdz2k import Spdz2k
 
 SCHEMES: dict[str, type[Protocol]] = {"additive": Additive, "replicated": Replicated,
                                       "rep4": Rep4, "spdz2k": Spdz2k,
@@ -134,7 +135,7 @@ def run(scheme: str, program: Program | Sequence[Program], n_parties: int | None
     `program` may be a list with one program per party, so that each party's process
     receives only its own private inputs; the programs must make the same calls.
     `hook`, if given, is called with every endpoint's runtime before its role starts
-    (`protocols.tamper` corrupts a party's messages this way); it must pickle for "tcp".
+    (`protocols.testing.tamper` corrupts a party's messages this way); it must pickle for "tcp".
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; choose from {sorted(SCHEMES)}")

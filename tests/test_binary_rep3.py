@@ -1,4 +1,4 @@
-"""Tests of `protocols.binary_rep3`: packed binary replicated sharing for 3 parties whose AND
+"""Tests of `protocols.blocks.binary_rep3`: packed binary replicated sharing for 3 parties whose AND
 gates are verified by cut-and-bucket triple sacrifice.
 
 Pure functions first (bucket sizes against the exact bound, the public-coin permutation, the
@@ -27,9 +27,9 @@ from protocol_helpers import run_secure
 
 from mpc.errors import CheatingDetected, ProtocolError
 from mpc.prg import PRG
-from protocols import binary_rep3 as br
-from protocols import bitslice
-from protocols.binary_rep3 import (
+from protocols.blocks import binary_rep3 as br
+from protocols.blocks import bitslice
+from protocols.blocks.binary_rep3 import (
     MIN_BUCKETS,
     OPENED,
     STAT_BITS,
@@ -40,9 +40,9 @@ from protocols.binary_rep3 import (
     permutation,
     xor_public,
 )
-from protocols.replicated_mac import ReplicatedMac
 from protocols.run import run
-from protocols.tamper import Tamper, honest_message_counts
+from protocols.schemes.replicated_mac import ReplicatedMac
+from protocols.testing.tamper import Tamper, honest_message_counts
 
 U64 = np.uint64
 SCHEME, N = "replicated_mac", 3

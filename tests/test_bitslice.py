@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mpc.prg import PRG
-from protocols import bitslice
-from protocols.correlations import (
+from protocols.blocks import bitslice
+from protocols.ops import Conv2d, MatMul, Mul
+from protocols.preprocessing.correlations import (
     ARITH,
     BOOL,
     Request,
@@ -23,7 +24,6 @@ from protocols.correlations import (
     fields,
     split_corrections,
 )
-from protocols.ops import Conv2d, MatMul, Mul
 
 ring_vectors = hnp.arrays(np.uint64, st.integers(0, 300),
                           elements=st.integers(0, (1 << 64) - 1))

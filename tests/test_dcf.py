@@ -1,4 +1,4 @@
-"""The distributed comparison function (protocols.dcf): correctness against Python ints
+"""The distributed comparison function (protocols.blocks.dcf): correctness against Python ints
 (random and edge inputs, every input for small n, payloads that carry across the 64-bit
 limb), the fixed-key hash against one-block AES, and what one key alone shows (its root
 seed is its PRG's, independent of alpha; its correction words and its output look uniform
@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpc.prg import PRG
-from protocols import dcf
-from protocols import ring128_ops as r128
+from protocols.blocks import dcf
+from protocols.blocks import ring128_ops as r128
 
 EXAMPLES = settings(max_examples=25, deadline=None)
 SIGMAS = 5.5  # per bit-frequency test; about 1300 of them, so a false alarm is ~5e-5

@@ -1,6 +1,7 @@
 """Fault injection over real processes and TCP with mutual TLS (issue 10, part 1).
 
-A `Fault` is a `protocols.run` hook (like `protocols.tamper.Tamper`): installed in one party's
+A `Fault` is a `protocols.run` hook (like `protocols.testing.tamper.Tamper`): installed in
+one party's
 runtime, it wraps that party's channel and, at its k-th message of a chosen stage, kills the
 process (`os._exit`), stops it for good (it sleeps and never reads or writes again), writes
 bytes that are not a frame, writes a frame whose header declares a payload above the limit,

@@ -103,7 +103,7 @@ def test_checker_catches_violations(tmp_path, monkeypatch):
     (tmp_path / "mpc" / "__init__.py").write_text("")
     (fake / "__init__.py").write_text("from .. import prg\nimport nn.layers\n")
     (fake / "mod.py").write_text("import numpy\n"
-                                 "def f():\n    import protocols.additive as p\n"
+                                 "def f():\n    import protocols.schemes.additive as p\n"
                                  "from ..net import tcp\n")
     (tmp_path / "audio").mkdir()
     (tmp_path / "audio" / "ok.py").write_text("from mpc.errors import AudioError\n"
@@ -111,7 +111,7 @@ def test_checker_catches_violations(tmp_path, monkeypatch):
     (tmp_path / "audio" / "bad.py").write_text("from mpc import prg\n")
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     mpc_problems = _violations("mpc")
-    assert any("imports protocols.additive" in p for p in mpc_problems)
+    assert any("imports protocols.schemes.additive" in p for p in mpc_problems)
     assert any("__init__.py:2 imports nn.layers" in p for p in mpc_problems)
     assert not any("numpy" in p or "mpc." in p for p in mpc_problems)
     assert _imports(fake / "__init__.py")[:2] == [(1, "mpc"), (1, "mpc.prg")]

@@ -9,7 +9,7 @@ aborts the run with no output.
    With 2 parties comparisons use DCF keys whose payload is authenticated: a party that adds
    an error (d, d_mac) to its DCF output (value and MAC share) is caught too.
 3. For 2 and 3 parties, every message of every party of a small program (input, mul, trunc,
-   relu, reveal to party 0), altered once with `protocols.tamper`, makes the run raise
+   relu, reveal to party 0), altered once with `protocols.testing.tamper`, makes the run raise
    `CheatingDetected` (the launcher reports the detecting party; its peers stop with
    `PeerLost`), and no party's reveal returns a value.
 """
@@ -22,11 +22,11 @@ from protocol_helpers import secret
 from tamper_programs import FRAC, Program, RecordsOutputs, X, Y
 
 from mpc.errors import CheatingDetected
-from protocols import ring128_ops as r128
 from protocols.base import Protocol
+from protocols.blocks import ring128_ops as r128
 from protocols.clear import Clear
 from protocols.run import run
-from protocols.tamper import Tamper, honest_message_counts
+from protocols.testing.tamper import Tamper, honest_message_counts
 
 HALF = 1 << 63
 
@@ -157,7 +157,7 @@ class Comparisons(RecordsOutputs):
 def test_an_error_in_a_dcf_output_is_caught(monkeypatch, program_class, corrupt, d, d_mac):
     """A corrupt party adds (d, d_mac) (mod 2^128) to its DCF output, i.e. to its share of
     w (1 - 2 r_63) and of its MAC, at every comparison: the run aborts before any output."""
-    from protocols import dcf
+    from protocols.blocks import dcf
 
     honest = dcf.eval
     error = r128.from_pyint([d % (1 << 128), d_mac % (1 << 128)]).reshape(4, 1)

@@ -11,13 +11,13 @@ from protocol_helpers import i64, reveal_all, run_clear, secret
 from mpc.errors import PreprocessingError
 from mpc.launch import run_threads
 from mpc.runtime import RunConfig
-from protocols import dealer_files
-from protocols.additive import Additive
-from protocols.correlations import Request
 from protocols.ops import MatMul, Mul
-from protocols.replicated import Replicated
+from protocols.preprocessing import dealer_files
+from protocols.preprocessing.correlations import Request
+from protocols.preprocessing.store import MaterialStore
 from protocols.run import SCHEMES, dealer_role, party_role, plan_of, run
-from protocols.store import MaterialStore
+from protocols.schemes.additive import Additive
+from protocols.schemes.replicated import Replicated
 
 # -- the store ---------------------------------------------------------------------------------
 

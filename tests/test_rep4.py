@@ -20,7 +20,7 @@ from nn.importer import from_torch
 from nn.inference import classify
 from protocols.functions import argmax, maximum
 from protocols.ops import Conv2d
-from protocols.rep4 import Rep4
+from protocols.schemes.rep4 import Rep4
 from protocols.tensor import SecretTensor
 
 SCHEME, N = "rep4", 4

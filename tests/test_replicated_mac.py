@@ -19,14 +19,14 @@ from torch import nn
 from mpc.errors import CheatingDetected
 from nn.importer import from_torch
 from nn.inference import classify
-from protocols import binary_rep3
-from protocols import replicated_mac as rm
-from protocols import ring128_ops as r128
+from protocols.blocks import binary_rep3
+from protocols.blocks import ring128_ops as r128
 from protocols.functions import argmax, maximum
 from protocols.ops import Conv2d
-from protocols.replicated_mac import ReplicatedMac
 from protocols.run import run
-from protocols.tamper import Tamper, honest_message_counts
+from protocols.schemes import replicated_mac as rm
+from protocols.schemes.replicated_mac import ReplicatedMac
+from protocols.testing.tamper import Tamper, honest_message_counts
 
 SCHEME, N = "replicated_mac", 3
 EXAMPLES = settings(max_examples=8, deadline=None)

@@ -25,10 +25,10 @@ from mpc.limits import MAX_BATCH
 from mpc.net import framing
 from nn.importer import from_torch
 from nn.inference import classify
-from protocols.correlations import Request
+from protocols.preprocessing.correlations import Request
+from protocols.preprocessing.store import MaterialStore
 from protocols.run import DEFAULT_PARTIES
-from protocols.store import MaterialStore
-from protocols.tamper import Tamper
+from protocols.testing.tamper import Tamper
 
 SCHEMES = tuple(DEFAULT_PARTIES)  # additive, replicated, rep4, spdz2k
 

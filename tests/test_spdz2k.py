@@ -16,10 +16,10 @@ from protocol_helpers import VALUE_MAX, i64, reveal_all, secret, u64
 from mpc.errors import PreprocessingError
 from mpc.prg import PRG
 from protocols import functions
-from protocols import ring128_ops as r128
-from protocols import spdz2k_material as material
-from protocols.correlations import Request
+from protocols.blocks import ring128_ops as r128
 from protocols.ops import Conv2d, MatMul, Mul
+from protocols.preprocessing import spdz2k_material as material
+from protocols.preprocessing.correlations import Request
 from protocols.run import run
 
 EXAMPLES = settings(max_examples=8, deadline=None)

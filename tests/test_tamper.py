@@ -16,7 +16,7 @@ from tamper_programs import FRAC, Program, X, Y
 
 from mpc.errors import CheatingDetected
 from protocols.run import DEFAULT_PARTIES, run
-from protocols.tamper import Tamper, honest_message_counts, tampered_run
+from protocols.testing.tamper import Tamper, honest_message_counts, tampered_run
 
 ACTIVE_SCHEMES = ["rep4", "replicated_mac"]
 

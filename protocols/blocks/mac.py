@@ -31,7 +31,7 @@ import numpy as np
 from mpc.errors import CheatingDetected, ProtocolError
 from mpc.net.channel import Channel
 from mpc.prg import PRG
-from protocols import ring128_ops as r128
+from protocols.blocks import ring128_ops as r128
 
 NONCE = 32
 DIGEST = 32

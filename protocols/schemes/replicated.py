@@ -19,9 +19,10 @@ import numpy as np
 
 from mpc.errors import ProtocolError
 from mpc.runtime import Runtime
-from protocols import masked, store
 from protocols.base import BilinearOp, MaskedPrimitives, Protocol
-from protocols.correlations import Request
+from protocols.blocks import masked
+from protocols.preprocessing import store
+from protocols.preprocessing.correlations import Request
 
 HELPER = 2
 PAIR = (0, 1)

@@ -76,10 +76,10 @@ import numpy as np
 from mpc.errors import CheatingDetected
 from mpc.prg import KEY_BYTES, PRG
 from mpc.runtime import Runtime
-from protocols import binary_rep3, bitslice
 from protocols.base import BilinearOp, Protocol
-from protocols.correlations import Request
+from protocols.blocks import binary_rep3, bitslice
 from protocols.ops import Mul
+from protocols.preprocessing.correlations import Request
 
 N = 4
 ARITH, BOOL = "arith", "bool"

@@ -13,10 +13,11 @@ import numpy as np
 
 from mpc.errors import ProtocolError
 from mpc.runtime import Runtime
-from protocols import masked, store
 from protocols.base import BilinearOp, MaskedPrimitives, Protocol
+from protocols.blocks import masked
 from protocols.clear import Planner
-from protocols.correlations import ARITH, Request
+from protocols.preprocessing import store
+from protocols.preprocessing.correlations import ARITH, Request
 
 
 class Additive(MaskedPrimitives, Protocol):

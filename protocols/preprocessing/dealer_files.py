@@ -27,8 +27,14 @@ import numpy as np
 from mpc.errors import PreprocessingError
 from mpc.prg import KEY_BYTES, PRG
 from protocols.base import Protocol
-from protocols.correlations import Request, correction_words, deal, expand, split_corrections
-from protocols.store import MaterialStore
+from protocols.preprocessing.correlations import (
+    Request,
+    correction_words,
+    deal,
+    expand,
+    split_corrections,
+)
+from protocols.preprocessing.store import MaterialStore
 
 FORMAT = "sottovoce-dealer-material-v1"
 SUFFIX = ".material"

@@ -3,7 +3,7 @@ circuits of `replicated_mac` (comparison, truncation) at one bit per gate instea
 128-bit authenticated product per gate.
 
 A shared bit vector is x = x_0 xor x_1 xor x_2, party i holding (x_i, x_{i+1}) as a uint64
-array (2, *shape), 64 bits a word (see `protocols.bitslice`). XOR and operations with public
+array (2, *shape), 64 bits a word (see `protocols.blocks.bitslice`). XOR and operations with public
 words are local. AND is Araki et al.'s replicated product (CCS 2016): z_i = x_i y_i xor
 x_i y_{i+1} xor x_{i+1} y_i xor F(k_i) xor F(k_{i+1}), sent to the previous party: one bit per
 gate, and a malicious party can only add an error of its choice to the result (an "additive
@@ -54,7 +54,7 @@ import numpy as np
 from mpc.errors import ProtocolError
 from mpc.net.channel import Channel
 from mpc.prg import PRG
-from protocols import bitslice
+from protocols.blocks import bitslice
 
 U64 = np.uint64
 STAT_BITS = 40

@@ -8,7 +8,7 @@ with their MACs, mod 2^128: x~ = x~_0 + x~_1 + x~_2 and m = m_0 + m_1 + m_2 = al
 2^128, party i holding (x~_i, x~_{i+1}) and (m_i, m_{i+1}). The key alpha is replicated the
 same way, alpha_j drawn from the pairwise key k_j (shared by parties j and j-1): nobody knows
 it. A share is a uint64 array (8, *shape) = [v_i lo, v_i hi, v_i+1 lo, v_i+1 hi, m_i lo,
-m_i hi, m_i+1 lo, m_i+1 hi] in the limb layout of `protocols.ring128_ops`.
+m_i hi, m_i+1 lo, m_i+1 hi] in the limb layout of `protocols.blocks.ring128_ops`.
 
 Products. [xy] and [alpha xy] = [alpha x] * [y] by the passive replicated multiplication (one
 message of the output size to the previous party, for the value and the MAC alike), which is
@@ -43,7 +43,7 @@ honest party aborts.
 Truncation and comparison, without a dealer and without masks. The low limbs of the three
 components x~_j mod 2^64 are each known to two parties, so their bits are binary replicated
 sharings for free, (bits, 0, 0) placed at component j; the circuits run on those, packed 64
-values a word, in `protocols.binary_rep3`, whose AND gates (one bit sent per gate) are all
+values a word, in `protocols.blocks.binary_rep3`, whose AND gates (one bit sent per gate) are all
 verified by cut-and-bucket triple sacrifice at the next check (about 10 more bits a gate). A
 full-adder layer (1 round) turns x_0 + x_1 + x_2 into S + 2C; with C' = 2C mod 2^64,
 generate bits g = s c' and propagate bits p = s xor c':
@@ -76,12 +76,12 @@ import numpy as np
 from mpc.errors import CheatingDetected, ProtocolError
 from mpc.prg import PRG
 from mpc.runtime import Runtime
-from protocols import binary_rep3, bitslice
-from protocols import ring128_ops as r128
 from protocols.base import BilinearOp, Protocol
-from protocols.binary_rep3 import BinaryRep3, carry_out, majority
-from protocols.correlations import Request
+from protocols.blocks import binary_rep3, bitslice
+from protocols.blocks import ring128_ops as r128
+from protocols.blocks.binary_rep3 import BinaryRep3, carry_out, majority
 from protocols.ops import Mul
+from protocols.preprocessing.correlations import Request
 
 U64 = np.uint64
 ONE = U64(1)

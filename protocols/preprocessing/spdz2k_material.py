@@ -1,7 +1,8 @@
 """Authenticated preprocessing for SPDZ2k from a trusted dealer, seed-compressed.
 
 Every field of a request is a 128-bit value x (mod 2^(k+s)) held as additive shares with
-MAC shares of alpha * x; alpha is the dealer's MAC key. As in `protocols.correlations`, all
+MAC shares of alpha * x; alpha is the dealer's MAC key. As in
+`protocols.preprocessing.correlations`, all
 parties but the last expand their shares from the PRG they share with the dealer; the last
 party expands what is free (the value shares of free fields) and receives corrections for
 the rest (every MAC share, and the value shares of dependent or known fields), in one
@@ -15,7 +16,7 @@ Parties expand lazily, one request at a time in plan order (`LazyStore.take`), s
 material of a whole network never sits expanded in memory.
 
 Comparisons ("ltz", "relu") depend on the party count. With 2 parties they use a
-distributed comparison function (`protocols.dcf`): fields r (free) and r_msb = bit 63 of r
+distributed comparison function (`protocols.blocks.dcf`): fields r (free) and r_msb = bit 63 of r
 (dependent), plus DCF keys for alpha = r mod 2^63 with the authenticated payload
 (beta, alpha_mac * beta), beta = 1 - 2 r_msb mod 2^128. Each party's root seeds come from
 the PRG it shares with the dealer (drawn after the request's fields); the correction words
@@ -38,10 +39,10 @@ import numpy as np
 from mpc.errors import PreprocessingError
 from mpc.net.channel import Channel
 from mpc.prg import PRG
-from protocols import dcf
-from protocols import ring128_ops as r128
+from protocols.blocks import dcf
+from protocols.blocks import ring128_ops as r128
 from protocols.clear import Planner
-from protocols.correlations import Request
+from protocols.preprocessing.correlations import Request
 
 FREE, KNOWN, DEP = "free", "known", "dep"
 LOW63 = np.uint64((1 << 63) - 1)

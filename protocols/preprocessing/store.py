@@ -14,7 +14,13 @@ import numpy as np
 from mpc.errors import PreprocessingError
 from mpc.net.channel import Channel
 from mpc.prg import PRG
-from protocols.correlations import Request, correction_words, deal, expand, split_corrections
+from protocols.preprocessing.correlations import (
+    Request,
+    correction_words,
+    deal,
+    expand,
+    split_corrections,
+)
 
 
 class MaterialStore:

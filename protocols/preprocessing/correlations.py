@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpc.prg import PRG
-from protocols import bitslice
+from protocols.blocks import bitslice
 from protocols.ops import Conv2d, MatMul, Mul
 
 ARITH, BOOL = "arith", "bool"

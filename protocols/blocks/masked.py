@@ -16,8 +16,8 @@ import numpy as np
 
 from mpc.errors import ProtocolError
 from mpc.net.channel import Channel
-from protocols import bitslice
-from protocols.correlations import ARITH, BOOL, LOW_MASK, MSB, comparison_tree
+from protocols.blocks import bitslice
+from protocols.preprocessing.correlations import ARITH, BOOL, LOW_MASK, MSB, comparison_tree
 
 ELL = 62  # values satisfy |x| < 2^62; y = x + 2^62 then lies in [0, 2^63)
 ONE = np.uint64(1)

@@ -7,16 +7,17 @@ x = x~ mod 2^64, for a global key alpha in Z_2^s of which party i holds alpha_i 
 
 Trust model: every compute party may be malicious (any number of them, dishonest majority);
 the dealer is NOT: it knows alpha and every mask, and deals the authenticated material
-(`protocols.spdz2k_material`). What a cheating party can do is make the run abort: any
+(`protocols.preprocessing.spdz2k_material`). What a cheating party can do is make the run abort: any
 deviation in a message makes the honest parties stop before any output is revealed
 (probability of escaping about 2^-s per check), with `CheatingDetected` where a check
 fails, or `PeerLost` / `PeerTimeout` if the cheater then leaves or goes silent; aborting
 is not prevented.
 
 A share is a uint64 array (4, *shape): [value_lo, value_hi, mac_lo, mac_hi] (see
-`protocols.ring128_ops`), so `SecretTensor`'s structural ops work unchanged.
+`protocols.blocks.ring128_ops`), so `SecretTensor`'s structural ops work unchanged.
 
-Offline: the dealer's messages (`protocols.spdz2k_material.serve`), then one round in which
+Offline: the dealer's messages (`protocols.preprocessing.spdz2k_material.serve`), then one
+round in which
 every party tells the others it holds its material, so the offline phase ends for all when
 the last party has it (the 2-party DCF words are hundreds of MB, sent to each party in turn).
 
@@ -36,7 +37,7 @@ Online protocol (rounds are for one call, counted by the channel):
   into bit 63 of c - r). relu = x * (1 - msb): one more Beaver product. The borrow is
   computed by one of two paths, chosen by the party count (never as a fallback):
   * 2 parties, ltz 1 round, relu 2: function secret sharing (Boyle, Gilboa, Ishai, TCC
-    2019; the DCF of Boyle et al., EUROCRYPT 2021, `protocols.dcf`). The trusted dealer
+    2019; the DCF of Boyle et al., EUROCRYPT 2021, `protocols.blocks.dcf`). The trusted dealer
     deals authenticated [r] and [r_63] and DCF keys for alpha = r_low whose payload is the
     authenticated value beta = 1 - 2 r_63 (value and MAC alpha_mac * beta, split additively
     between the two keys' outputs). Each party evaluates its key at the public c_low and
@@ -58,7 +59,7 @@ Online protocol (rounds are for one call, counted by the channel):
   y - r_t for each target t (1 round; r_t known to t only), check that opening (4 rounds),
   then every party confirms to the targets (1 round) and t unmasks locally: 11 rounds for
   the first reveal, 10 for later ones.
-The batched MAC check is in `protocols.mac`. Openings after the last reveal are never
+The batched MAC check is in `protocols.blocks.mac`. Openings after the last reveal are never
 checked; they cannot influence any output.
 """
 
@@ -70,13 +71,13 @@ import numpy as np
 
 from mpc.errors import CheatingDetected, ProtocolError
 from mpc.runtime import Runtime
-from protocols import dcf
-from protocols import ring128_ops as r128
-from protocols import spdz2k_material as material
 from protocols.base import BilinearOp, Protocol
-from protocols.correlations import Request
-from protocols.mac import MacChecker
+from protocols.blocks import dcf
+from protocols.blocks import ring128_ops as r128
+from protocols.blocks.mac import MacChecker
 from protocols.ops import Mul
+from protocols.preprocessing import spdz2k_material as material
+from protocols.preprocessing.correlations import Request
 
 U64 = np.uint64
 ONE = U64(1)
