@@ -32,7 +32,7 @@ payload blocks at u = s. Every call is one bulk ECB encryption over all N seeds 
 Speed and memory. The level loop is Python (n iterations); inside, after the bulk AES calls,
 one numba kernel pass does the rest of the level (`_gen_level_kernel`, `_eval_level_kernel`;
 their numpy twins `_gen_level_numpy`, `_eval_level_numpy` are checked bit for bit in
-tests/test_dcf.py). The state carried between levels is O(N) words; nothing per level is
+tests/protocols/test_dcf.py). The state carried between levels is O(N) words; nothing per level is
 kept except the correction words themselves, which are the key.
 
 Security, in brief. Party b's key is its own root seed plus the correction words. Each

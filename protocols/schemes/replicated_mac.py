@@ -63,7 +63,7 @@ products (value x y, MAC (alpha x) y), and b = a mod 2 = C1 a + C2 a^2 + C3 a^3 
 honest co-holder only adds an error to its messages, which the gate verification or the MAC
 check catches. ReLU's selection x (1 - msb) rides in the last conversion round (it needs
 msb's value, not its MAC).
-Costs are measured in tests/test_replicated_mac.py and reported there.
+Costs are measured in tests/protocols/test_replicated_mac.py and reported there.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """SPDZ2k (2 and 3 parties, trusted dealer, MACs mod 2^128): every op against plaintext, the
 128-bit helpers against Python ints, the dealt material's MACs, rounds per op.
 
-Tamper and MAC-forgery tests are in tests/test_mac_attack.py.
+Tamper and MAC-forgery tests are in tests/protocols/test_mac.py.
 """
 
 from __future__ import annotations

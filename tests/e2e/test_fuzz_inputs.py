@@ -12,15 +12,15 @@ is one, and nothing is half-written:
 
 Already covered elsewhere, not repeated here: truncated WAV/FLAC/Ogg, a wrong RIFF header,
 zero-length files, NaN/inf samples, huge declared WAV and FLAC lengths, 8-bit unsigned and
-32-bit float WAV, 6 channels (tests/test_audio.py: test_truncated_wav,
+32-bit float WAV, 6 channels (tests/audio/test_audio.py: test_truncated_wav,
 test_truncated_flac_ogg, test_wrong_header, test_zero_length_file, test_nan_samples,
 test_huge_declared_length_does_not_allocate, test_huge_declared_flac_length_rejected_before_
 decoding, test_load_formats_rates_channels); a missing cluster party, duplicate ports and
-missing certificate paths (tests/test_transport.py: test_cluster_validation_errors); every
+missing certificate paths (tests/mpc/test_transport.py: test_cluster_validation_errors); every
 header field of a frame set to a bad value, one at a time, and random corruption of frames
-(tests/test_framing.py: test_corrupt_header_fields, test_random_corruption_is_protocol_error_
+(tests/mpc/test_framing.py: test_corrupt_header_fields, test_random_corruption_is_protocol_error_
 or_decodes, test_arbitrary_bytes_never_crash); a model file that is not a model
-(tests/test_cli.py: test_bad_model_file_is_a_clear_error).
+(tests/experiments/test_cli.py: test_bad_model_file_is_a_clear_error).
 
 Hypothesis runs a bounded number of examples; `SOTTOVOCE_FUZZ_LONG=1` multiplies them by 50.
 """

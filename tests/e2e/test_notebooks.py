@@ -19,7 +19,7 @@ for _module in ("nbclient", "nbformat", "ipykernel", "matplotlib", "torch"):
 import nbformat  # noqa: E402
 from nbclient.exceptions import CellExecutionError  # noqa: E402
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 CELL_TIMEOUT = 120  # seconds; each notebook takes under 20 s on a 2-core machine
 
 

@@ -1,6 +1,6 @@
 """What a party receives during an active scheme's comparison does not depend on the secret.
 
-The same statistics as the passive schemes' test in test_comparison.py (whose helpers this
+The same statistics as the passive schemes' test in tests/protocols/test_masked.py (whose helpers this
 reuses): word by word, the received words for x = +5 and x = -5 have the same distribution,
 and every byte and bit is uniform. Hash digests (rep4's vouching) are bytes, not ring words,
 and are left out of the transcript.
@@ -13,7 +13,7 @@ of the secret at once so that the transcript has more than the helper's minimum 
 from __future__ import annotations
 
 import pytest
-from test_comparison import assert_same_and_uniform, transcripts
+from test_masked import assert_same_and_uniform, transcripts
 
 COPIES = {"spdz2k": 4}
 

@@ -24,7 +24,7 @@ from audio.datasets import (
 )
 from mpc.errors import AudioError
 
-ASSETS = Path(__file__).resolve().parents[1] / "experiments" / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "experiments" / "assets"
 
 
 def write_tone(path: Path, freq: float, rate: int = 16000, seconds: float = 0.3,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OURS = ("mpc", "audio", "protocols", "nn", "experiments")
 
 # package -> (forbidden top-level packages, modules of ours it may import despite that)

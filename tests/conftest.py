@@ -1,0 +1,1 @@
+"""Shared fixtures and helpers for every test package (tests/mpc, tests/protocols, ...)."""
