@@ -44,7 +44,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mpc.errors import AudioError, SottovoceError
+from audio.errors import AudioError, SplitLeakError
 
 __all__ = [
     "Clip",
@@ -52,7 +52,6 @@ __all__ = [
     "HEDGEWARS_LABELS",
     "HEDGEWARS_PHRASES",
     "RAVDESS_EMOTIONS",
-    "SplitLeakError",
     "audio_fingerprint",
     "check_no_shared_audio",
     "dedupe",
@@ -63,10 +62,6 @@ __all__ = [
     "ravdess_clips",
     "split_by_group",
 ]
-
-
-class SplitLeakError(SottovoceError, ValueError):
-    """The same speaker or the same audio is on both sides of a train/test split."""
 
 
 @dataclass(frozen=True)

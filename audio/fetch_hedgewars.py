@@ -31,13 +31,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from audio.errors import FetchError
+
 PACKAGE = "hedgewars-data"
 VOICES_SUBDIR = "usr/share/games/hedgewars/Data/Sounds/voices"
 INSTALLED_VOICES = Path("/") / VOICES_SUBDIR
-
-
-class FetchError(RuntimeError):
-    """The package could not be downloaded or unpacked."""
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -121,6 +119,7 @@ def fetch(target: str | os.PathLike) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: the exit status, 1 with a hint when the fetch fails."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", nargs="?", default="data/hedgewars",
                         help="folder to receive <Pack>/<Phrase>.ogg (default data/hedgewars)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -11,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from mpc.errors import SottovoceError
+from protocols import registry
 
-SCHEMES = ("replicated", "additive", "rep4", "spdz2k", "replicated_mac")
+DEFAULT_TIMEOUT = 60.0  # seconds a party waits for a peer; nn.inference.classify's default
 
 
 def _features(paths: list[Path], config, bar) -> np.ndarray:
@@ -27,8 +29,8 @@ def _features(paths: list[Path], config, bar) -> np.ndarray:
 
 
 def _classify_clips(paths: list[Path], model_path: Path, scheme: str, transport: str,
-                    n_parties: int | None, as_json: bool, expected: dict[str, str] | None
-                    ) -> int:
+                    n_parties: int | None, as_json: bool, expected: dict[str, str] | None,
+                    timeout: float = DEFAULT_TIMEOUT) -> int:
     from tqdm import tqdm
 
     from experiments.modelfile import load_model, plaintext_logits
@@ -44,7 +46,7 @@ def _classify_clips(paths: list[Path], model_path: Path, scheme: str, transport:
         prep = time.perf_counter() - t0
         bar.set_postfix_str(f"secure computation ({scheme}, {transport})")
         result = classify(loaded.secure, features, scheme=scheme, transport=transport,
-                          n_parties=n_parties)
+                          n_parties=n_parties, timeout=timeout)
         bar.update(1)
         bar.set_postfix_str("plaintext reference")
         plain = plaintext_logits(loaded, features).argmax(axis=1)
@@ -73,7 +75,7 @@ def _classify_clips(paths: list[Path], model_path: Path, scheme: str, transport:
         for r in rows:
             print(f"{r['clip']:<34}{r['secure']:>12}{r['plaintext']:>12}")
         print(f"\nscheme {scheme} over {transport} ({summary['parties']} processes, "
-              "a dealer included)" if scheme in ("additive", "spdz2k") else
+              "a dealer included)" if registry.get(scheme).dealer else
               f"\nscheme {scheme} over {transport} ({summary['parties']} parties)")
         print(f"{count} clips in one batch: online {summary['online_seconds'] * 1e3:.0f} ms "
               f"({summary['online_seconds'] * 1e3 / count:.0f} ms per clip), offline "
@@ -97,12 +99,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raw = json.loads(labels_file.read_text())
         expected = {k: (v.get("label") if isinstance(v, dict) else v) for k, v in raw.items()}
     return _classify_clips(clips, BUNDLED_MODEL, args.scheme, args.transport, args.parties,
-                           args.json, expected)
+                           args.json, expected, args.timeout)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     return _classify_clips([Path(p) for p in args.clips], Path(args.model), args.scheme,
-                           args.transport, args.parties, args.json, None)
+                           args.transport, args.parties, args.json, None, args.timeout)
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
@@ -120,22 +122,26 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from experiments.deploy import Roles
     from mpc.cluster import load_cluster, write_cluster
     from mpc.net.certs import make_certificates
-    from protocols.run import DEFAULT_PARTIES, SCHEMES
 
-    n = args.parties or DEFAULT_PARTIES[args.scheme]
-    total = n + (1 if SCHEMES[args.scheme].needs_dealer else 0) + 2
+    scheme = registry.get(args.scheme)
+    n = scheme.party_count(args.parties)
+    total = scheme.endpoints(n) + 2  # and the client and the model owner
     hosts = args.hosts.split(",") if args.hosts else ["127.0.0.1"] * total
     if len(hosts) != total:
         raise SottovoceError(f"--hosts names {len(hosts)} hosts; {args.scheme} with {n} "
                              f"compute parties has {total} roles")
     if args.base_port:
         ports = [args.base_port + i for i in range(total)]
-    else:  # free ports on this machine, for a local trial
-        ports = []
-        for _ in range(total):
-            with socket.socket() as probe:
+    else:  # free ports on this machine, for a local trial: all probes stay open until
+        # every port is chosen, so the OS cannot hand out the same port twice
+        probes = [socket.socket() for _ in range(total)]
+        try:
+            for probe in probes:
                 probe.bind(("127.0.0.1", 0))
-                ports.append(probe.getsockname()[1])
+            ports = [probe.getsockname()[1] for probe in probes]
+        finally:
+            for probe in probes:
+                probe.close()
     directory = Path(args.directory)
     make_certificates(directory / "certs", total, hosts=dict(enumerate(hosts)))
     path = write_cluster(directory / "cluster.toml", total, cert_dir=directory / "certs",
@@ -192,22 +198,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args.rest)
 
 
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse type for --timeout)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+SCHEME_HELP = "; ".join(f"{s.name}: {s.cost}" + (" (default)" if s.name == registry.DEFAULT else "")
+                        for s in registry.SCHEMES.values())
+PARTIES_HELP = "compute parties (default: the scheme's own; " + ", ".join(
+    f"{s.name} takes {s.protocol.min_parties} or more" for s in registry.SCHEMES.values()
+    if s.protocol.max_parties is None) + ")"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sottovoce", description=(
         "Private speech classification by secure multiparty computation."))
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, transport: str) -> None:
-        p.add_argument("--scheme", choices=SCHEMES, default="replicated",
-                       help="replicated: 3PC passive (default); additive: 2PC passive "
-                            "with a dealer; rep4: 4PC active; spdz2k: 2PC active with a "
-                            "dealer (about 0.5 s online and 5 s of dealing per clip); "
-                            "replicated_mac: 3PC active (about 1.5 s per clip)")
+        p.add_argument("--scheme", choices=list(registry.SCHEMES), default=registry.DEFAULT,
+                       help=SCHEME_HELP)
         p.add_argument("--parties", type=int, default=None,
-                       help="compute parties (additive only: 2 or more)")
+                       help=PARTIES_HELP)
         p.add_argument("--transport", choices=("tcp", "threads"), default=transport,
                        help="tcp: one process per party, TCP with mutual TLS on loopback")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help="seconds a party waits for a peer's message before it gives up "
+                       f"(default: {DEFAULT_TIMEOUT:g} s)")
 
     demo = sub.add_parser("demo", help="classify the bundled clips with the bundled model")
     common(demo, "tcp")
@@ -224,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = sub.add_parser("cluster", help="make certificates and a cluster file for a "
                              "deployment (compute parties, dealer, client, model owner)")
     cluster.add_argument("directory")
-    cluster.add_argument("--scheme", choices=SCHEMES, default="replicated")
+    cluster.add_argument("--scheme", choices=list(registry.SCHEMES), default=registry.DEFAULT,
+                         help=SCHEME_HELP)
     cluster.add_argument("--parties", type=int, default=None, help="compute parties")
     cluster.add_argument("--hosts", help="comma-separated host of each role, in id order")
     cluster.add_argument("--base-port", type=int, default=None,

@@ -5,34 +5,40 @@ client (Alice) and the model owner (Bob). Every role connects to every other ove
 TLS before anything else (the preflight: an unreachable peer or a wrong certificate is
 named with its host and port, and the role exits non-zero).
 
-Inputs from outside the compute parties work the same for every scheme: the client splits
-its encoded features into n additive pieces and sends piece i to compute party i, which
-inputs it as its own private value; the parties add the n sharings. The label goes back
-masked: the client also inputs a random mask m the same way, the parties open y + m among
-themselves (uniform, so it reveals nothing) and each sends it to the client, which checks
-that all copies agree and subtracts m. Bob's weights enter by the same splitting.
+The model owner publishes the architecture and feature settings, then enters the weights;
+the client enters its features and takes the labels. How those values cross between the
+compute parties and the two outside endpoints is the scheme's: `Protocol.input_external`
+and `Protocol.reveal_external` (see `protocols.external` and SECURITY.md, "Deployment").
+Each role is a function of a `Runtime` (`compute_party_role`, `client_role`, ...), run as
+a process from a cluster file by `compute_party`, `client`, ..., or as threads in tests.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mpc.cluster import Cluster, load_cluster, start_party
-from mpc.errors import ConfigError, ProtocolError, SottovoceError
+from mpc.errors import ConfigError, ProtocolError
+from mpc.launch import run_threads
+from mpc.limits import checked_batch
 from mpc.net.channel import Channel
-from mpc.prg import PRG
-from mpc.runtime import RunConfig
+from mpc.runtime import RunConfig, Runtime
 from nn.describe import describe, from_description
 from nn.model import SecureModel
+from protocols import registry
 from protocols.base import Protocol
-from protocols.clear import Planner
+from protocols.external import Endpoints
 from protocols.functions import argmax
-from protocols.run import SCHEMES, dealer_role, party_role, plan_of
+from protocols.registry import Scheme
+from protocols.run import dealer_role, party_role, plan_of
 from protocols.tensor import SecretTensor
 
 
@@ -40,7 +46,7 @@ from protocols.tensor import SecretTensor
 class Roles:
     """Which endpoint plays which role in a cluster."""
 
-    scheme: str
+    scheme: Scheme
     compute: int
     dealer: int | None
     client: int
@@ -48,34 +54,43 @@ class Roles:
 
     @classmethod
     def of(cls, cluster: Cluster) -> Roles:
-        if cluster.scheme not in SCHEMES:
+        if cluster.scheme not in registry.SCHEMES:
             raise ConfigError(f"{cluster.path}: [cluster] scheme must be one of "
-                              f"{sorted(SCHEMES)}, got {cluster.scheme!r}")
+                              f"{sorted(registry.SCHEMES)}, got {cluster.scheme!r}")
+        scheme = registry.SCHEMES[cluster.scheme]
         n = cluster.compute_parties
         if n is None:
             raise ConfigError(f"{cluster.path}: [cluster] lacks compute_parties")
-        dealer = n if SCHEMES[cluster.scheme].needs_dealer else None
-        client = n + (1 if dealer is not None else 0)
-        roles = cls(cluster.scheme, n, dealer, client, client + 1)
-        if cluster.n_endpoints != roles.model_owner + 1:
-            raise ConfigError(f"{cluster.path}: scheme {cluster.scheme} with {n} compute "
+        roles = cls.for_scheme(scheme, n)
+        dealer = roles.dealer
+        if cluster.n_endpoints != roles.n_endpoints:
+            raise ConfigError(f"{cluster.path}: scheme {scheme.name} with {n} compute "
                               f"parties needs {roles.model_owner + 1} endpoints (compute, "
                               f"{'dealer, ' if dealer is not None else ''}client, model owner);"
                               f" the file lists {cluster.n_endpoints}")
         return roles
 
-    def config(self, cluster: Cluster) -> RunConfig:
-        return RunConfig(n_parties=self.compute, timeout=cluster.timeout,
+    @classmethod
+    def for_scheme(cls, scheme: Scheme, n_parties: int | None = None) -> Roles:
+        """The endpoint ids a deployment of `scheme` uses (compute, dealer, client, owner)."""
+        n = scheme.party_count(n_parties)
+        client = scheme.endpoints(n)
+        return cls(scheme, n, n if scheme.dealer else None, client, client + 1)
+
+    @property
+    def endpoints(self) -> Endpoints:
+        return Endpoints(self.compute, self.dealer)
+
+    @property
+    def n_endpoints(self) -> int:
+        return self.model_owner + 1
+
+    def run_config(self, timeout: float) -> RunConfig:
+        return RunConfig(n_parties=self.compute, timeout=timeout,
                          dealer=self.dealer is not None, external=2)
 
-
-def split(value: np.ndarray, n: int, prg: PRG) -> list[np.ndarray]:
-    """n additive pieces of `value` (ring elements): n-1 from the PRG, one balancing."""
-    pieces = [prg.ring_elements(value.shape) for _ in range(n - 1)]
-    last = value.copy()
-    for piece in pieces:
-        last -= piece
-    return [*pieces, last]
+    def config(self, cluster: Cluster) -> RunConfig:
+        return self.run_config(cluster.timeout)
 
 
 def _send_json(channel: Channel, peers: list[int], document: dict) -> None:
@@ -88,59 +103,11 @@ def _recv_json(channel: Channel, peer: int) -> dict:
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"party {peer} sent a malformed document: {exc}") from None
-
-
-def _expect(array: np.ndarray, shape: tuple[int, ...], who: str) -> np.ndarray:
-    if array.dtype != np.uint64 or array.shape != tuple(shape):
-        raise ProtocolError(f"{who} sent {array.dtype}{array.shape}, expected uint64{shape}")
-    return array
+        raise ProtocolError(f"{channel.who(peer)} sent a malformed document at step "
+                            f"'{channel.step}': {exc}") from None
 
 
 # -- the compute parties' program --------------------------------------------------------
-def _sum_of_pieces(protocol: Protocol, piece: np.ndarray | None, shape: tuple[int, ...]
-                   ) -> SecretTensor:
-    """Every compute party inputs its piece; the sum is a sharing of the whole value."""
-    total = None
-    for owner in range(protocol.n_parties):
-        value = piece if protocol.plays(owner) else None
-        term = SecretTensor.input(protocol, value, owner, shape)
-        total = term if total is None else total + term
-    return total
-
-
-@dataclass
-class ExternalInference:
-    """What each compute party runs when inputs come from the client and the model owner."""
-
-    model: SecureModel
-    batch: int
-    weight_pieces: list[np.ndarray] | None = None
-    feature_piece: np.ndarray | None = None
-    mask_piece: np.ndarray | None = None
-    _params: list = field(default_factory=list, repr=False)
-
-    def setup(self, protocol: Protocol) -> None:
-        pieces = iter(self.weight_pieces or [])
-        self._params = []
-        for layer in self.model.layers:
-            params = {}
-            for key, shape in (("weight", getattr(layer, "weight_shape", None)),
-                               ("bias", getattr(layer, "bias_shape", None))):
-                if shape:
-                    params[key] = _sum_of_pieces(protocol, next(pieces, None), tuple(shape))
-            self._params.append(params)
-
-    def __call__(self, protocol: Protocol) -> np.ndarray | None:
-        f = self.model.fixed.frac_bits
-        x = _sum_of_pieces(protocol, self.feature_piece, (self.batch, *self.model.input_shape))
-        for layer, params in zip(self.model.layers, self._params, strict=True):
-            x = layer.forward(x, params, f)
-        label = argmax(x.reshape(self.batch, -1))
-        mask = _sum_of_pieces(protocol, self.mask_piece, (self.batch,))
-        return (label + mask).reveal(range(protocol.n_parties))
-
-
 def _param_shapes(model: SecureModel) -> list[tuple[int, ...]]:
     shapes = []
     for layer in model.layers:
@@ -150,119 +117,188 @@ def _param_shapes(model: SecureModel) -> list[tuple[int, ...]]:
     return shapes
 
 
-def compute_party(cluster_path: str | Path, party_id: int) -> None:
-    """Run compute party `party_id`: receive the model description, preprocess, take the
-    weight and feature pieces, compute, and send the masked label to the client."""
+def flat_weights(model: SecureModel) -> np.ndarray:
+    """Every weight and bias of the model owner's model, encoded, in the order
+    `ExternalInference` takes them apart (layer by layer, weight before bias)."""
+    values = [value.reshape(-1) for layer in model.layers
+              for value in (getattr(layer, "weight", None), getattr(layer, "bias", None))
+              if value is not None]
+    return np.concatenate(values) if values else np.zeros(0, dtype=np.uint64)
+
+
+@dataclass
+class ExternalInference:
+    """What each compute party runs when the weights come from the model owner and the
+    features from the client, and the labels go back to the client. How values cross
+    between the compute parties and those two is the scheme's (`Protocol.input_external`,
+    `Protocol.reveal_external`): under the active schemes no deviating compute party can
+    change them undetected."""
+
+    model: SecureModel
+    batch: int
+    roles: Roles
+    _params: list = field(default_factory=list, repr=False)
+
+    def setup(self, protocol: Protocol) -> None:
+        shapes = _param_shapes(self.model)
+        total = sum(int(np.prod(s, dtype=np.int64)) for s in shapes)
+        flat = SecretTensor.input_external(protocol, self.roles.model_owner, (total,))
+        pieces, offset = [], 0
+        for shape in shapes:
+            size = int(np.prod(shape, dtype=np.int64))
+            pieces.append(flat[offset:offset + size].reshape(*shape))
+            offset += size
+        parts = iter(pieces)
+        self._params = []
+        for layer in self.model.layers:
+            params = {}
+            for key, shape in (("weight", getattr(layer, "weight_shape", None)),
+                               ("bias", getattr(layer, "bias_shape", None))):
+                if shape:
+                    params[key] = next(parts)
+            self._params.append(params)
+
+    def __call__(self, protocol: Protocol) -> None:
+        f = self.model.fixed.frac_bits
+        x = SecretTensor.input_external(protocol, self.roles.client,
+                                        (self.batch, *self.model.input_shape))
+        for layer, params in zip(self.model.layers, self._params, strict=True):
+            x = layer.forward(x, params, f)
+        argmax(x.reshape(self.batch, -1)).reveal_external(self.roles.client)
+
+
+# -- the roles, on a runtime (threads in tests, or a process started from a cluster file) --
+def compute_party_role(runtime: Runtime, roles: Roles) -> None:
+    """Learn the model and the batch, plan, preprocess, compute, send the labels out."""
+    channel = runtime.channel
+    with channel.stage("model description"):
+        document = _recv_json(channel, roles.model_owner)
+    model = from_description(document["model"])
+    with channel.stage("client request"):
+        batch = checked_batch(_recv_json(channel, roles.client), channel.who(roles.client))
+    program = ExternalInference(model, batch, roles)
+    plan = plan_of(ExternalInference(model, batch, roles), roles.compute, roles.scheme)
+    party_role(runtime, roles.scheme, program, plan)
+
+
+def dealer_role_of(runtime: Runtime, roles: Roles) -> None:
+    """Learn the shapes, plan, and serve the preprocessing."""
+    model = from_description(_recv_json(runtime.channel, roles.model_owner)["model"])
+    batch = checked_batch(_recv_json(runtime.channel, roles.client),
+                          runtime.channel.who(roles.client))
+    plan = plan_of(ExternalInference(model, batch, roles), roles.compute, roles.scheme)
+    dealer_role(runtime, roles.scheme, plan)
+
+
+def model_owner_role(runtime: Runtime, roles: Roles, model: SecureModel,
+                     feature_config: dict) -> None:
+    """Bob: publish the architecture and feature settings, then enter the weights."""
+    channel = runtime.channel
+    _send_json(channel, list(channel.peers), {"model": describe(model),
+                                              "features": feature_config})
+    with channel.stage("weights"):
+        roles.scheme.protocol.give_external(channel, roles.endpoints, flat_weights(model))
+
+
+def client_role(runtime: Runtime, roles: Roles, clips: list[str | os.PathLike]) -> list[str]:
+    """Alice: compute features locally, enter them, take the labels."""
+    import audio
+
+    channel = runtime.channel
+    with channel.stage("model description"):
+        document = _recv_json(channel, roles.model_owner)
+    model = from_description(document["model"])
+    config = audio.FeatureConfig.from_dict(document["features"])
+    features = np.stack([audio.features(audio.load(c, sample_rate=config.sample_rate),
+                                        config) for c in clips])
+    if features.shape[1:] != model.input_shape:
+        raise ConfigError(f"features of shape {features.shape[1:]}, the model takes "
+                          f"{model.input_shape}")
+    batch = len(clips)
+    servers = list(roles.endpoints.parties) + ([roles.dealer] if roles.dealer is not None
+                                               else [])
+    _send_json(channel, servers, {"batch": batch})
+    scheme = roles.scheme.protocol
+    with channel.stage("features"):
+        scheme.give_external(channel, roles.endpoints, model.fixed.encode(features))
+    with channel.stage("labels"):
+        indices = scheme.take_external(channel, roles.endpoints, (batch,))
+    if np.any(indices >= max(1, model.num_classes)):
+        raise ProtocolError("the label is out of range: refusing the result")
+    labels = model.labels or tuple(str(i) for i in range(model.num_classes))
+    return [labels[int(i)] for i in indices]
+
+
+# -- the roles as processes, from a cluster file -----------------------------------------------
+def _started(cluster_path: str | Path, endpoint: str, party_id: int | None = None
+             ) -> tuple[Roles, Runtime]:
     cluster = load_cluster(cluster_path)
     roles = Roles.of(cluster)
-    if not 0 <= party_id < roles.compute:
-        raise ConfigError(f"{cluster.path}: party {party_id} is not a compute party "
-                          f"(0..{roles.compute - 1})")
-    runtime = start_party(cluster, party_id, roles.config(cluster))
-    channel = runtime.channel
-    try:
-        with channel.stage("model description"):
-            document = _recv_json(channel, roles.model_owner)
-        model = from_description(document["model"])
-        with channel.stage("client request"):
-            batch = int(_recv_json(channel, roles.client)["batch"])
-        with channel.stage("weights"):
-            weights = [_expect(channel.recv(roles.model_owner), s, "the model owner")
-                       for s in _param_shapes(model)]
-        with channel.stage("features"):
-            features = _expect(channel.recv(roles.client), (batch, *model.input_shape),
-                               "the client")
-            mask = _expect(channel.recv(roles.client), (batch,), "the client")
-        program = ExternalInference(model, batch, weights, features, mask)
-        plan = plan_of(ExternalInference(model, batch), roles.compute,
-                       getattr(SCHEMES[roles.scheme], "planner", Planner))
-        report = party_role(runtime, roles.scheme, program, plan)
-        with channel.stage("label to client"):
-            channel.send(roles.client, report.result)
-    finally:
-        channel.close()
+    ids = {"client": roles.client, "model owner": roles.model_owner, "dealer": roles.dealer}
+    if endpoint == "compute party":
+        if party_id is None or not 0 <= party_id < roles.compute:
+            raise ConfigError(f"{cluster.path}: party {party_id} is not a compute party "
+                              f"(0..{roles.compute - 1})")
+        me = party_id
+    elif ids[endpoint] is None:
+        raise ConfigError(f"{cluster.path}: scheme {roles.scheme.name} has no {endpoint}")
+    else:
+        me = ids[endpoint]
+    return roles, start_party(cluster, me, roles.config(cluster))
+
+
+def compute_party(cluster_path: str | Path, party_id: int) -> None:
+    """Run compute party `party_id` of a cluster file."""
+    roles, runtime = _started(cluster_path, "compute party", party_id)
+    with runtime.channel:
+        compute_party_role(runtime, roles)
 
 
 def dealer(cluster_path: str | Path) -> None:
-    """Run the dealer: learn the shapes, plan, and serve the preprocessing."""
-    cluster = load_cluster(cluster_path)
-    roles = Roles.of(cluster)
-    if roles.dealer is None:
-        raise ConfigError(f"{cluster.path}: scheme {roles.scheme} has no dealer")
-    runtime = start_party(cluster, roles.dealer, roles.config(cluster))
-    try:
-        model = from_description(_recv_json(runtime.channel, roles.model_owner)["model"])
-        batch = int(_recv_json(runtime.channel, roles.client)["batch"])
-        plan = plan_of(ExternalInference(model, batch), roles.compute,
-                       getattr(SCHEMES[roles.scheme], "planner", Planner))
-        dealer_role(runtime, plan, scheme=roles.scheme)
-    finally:
-        runtime.channel.close()
+    """Run the dealer of a cluster file."""
+    roles, runtime = _started(cluster_path, "dealer")
+    with runtime.channel:
+        dealer_role_of(runtime, roles)
 
 
 def model_owner(cluster_path: str | Path, model: SecureModel, feature_config: dict) -> None:
-    """Run Bob: publish the architecture and feature settings, send weight pieces."""
-    cluster = load_cluster(cluster_path)
-    roles = Roles.of(cluster)
-    runtime = start_party(cluster, roles.model_owner, roles.config(cluster))
-    channel = runtime.channel
-    try:
-        others = [p for p in channel.peers]
-        _send_json(channel, others, {"model": describe(model), "features": feature_config})
-        prg = PRG.fresh()
-        pieces_by_party: list[list[np.ndarray]] = [[] for _ in range(roles.compute)]
-        for layer in model.layers:
-            for value in (getattr(layer, "weight", None), getattr(layer, "bias", None)):
-                if value is not None:
-                    for party, piece in enumerate(split(value, roles.compute, prg)):
-                        pieces_by_party[party].append(piece)
-        for party, pieces in enumerate(pieces_by_party):
-            for piece in pieces:
-                channel.send(party, piece)
-    finally:
-        channel.close()
+    """Run Bob, the model owner of a cluster file."""
+    roles, runtime = _started(cluster_path, "model owner")
+    with runtime.channel:
+        model_owner_role(runtime, roles, model, feature_config)
 
 
 def client(cluster_path: str | Path, clips: list[str | os.PathLike]) -> list[str]:
-    """Run Alice: compute features locally, send pieces, receive and unmask the labels."""
-    import audio
+    """Run Alice, the client of a cluster file; the labels of `clips`."""
+    roles, runtime = _started(cluster_path, "client")
+    with runtime.channel:
+        return client_role(runtime, roles, clips)
 
-    cluster = load_cluster(cluster_path)
-    roles = Roles.of(cluster)
-    runtime = start_party(cluster, roles.client, roles.config(cluster))
-    channel = runtime.channel
-    try:
-        with channel.stage("model description"):
-            document = _recv_json(channel, roles.model_owner)
-        model = from_description(document["model"])
-        config = audio.FeatureConfig.from_dict(document["features"])
-        features = np.stack([audio.features(audio.load(c, sample_rate=config.sample_rate),
-                                            config) for c in clips])
-        if features.shape[1:] != model.input_shape:
-            raise ConfigError(f"features of shape {features.shape[1:]}, the model takes "
-                              f"{model.input_shape}")
-        batch = len(clips)
-        servers = list(range(roles.compute)) + ([roles.dealer] if roles.dealer is not None
-                                                else [])
-        _send_json(channel, servers, {"batch": batch})
-        prg = PRG.fresh()
-        encoded = model.fixed.encode(features)
-        mask = prg.ring_elements((batch,))
-        for party, (piece, mask_piece) in enumerate(zip(
-                split(encoded, roles.compute, prg), split(mask, roles.compute, prg),
-                strict=True)):
-            channel.send(party, piece)
-            channel.send(party, mask_piece)
-        with channel.stage("labels"):
-            copies = [_expect(channel.recv(p), (batch,), f"compute party {p}")
-                      for p in range(roles.compute)]
-        if any(not np.array_equal(copies[0], c) for c in copies[1:]):
-            raise SottovoceError("compute parties sent different masked labels: refusing "
-                                 "the result")
-        indices = copies[0] - mask
-        if np.any(indices >= max(1, model.num_classes)):
-            raise ProtocolError("the unmasked label is out of range: refusing the result")
-        labels = model.labels or tuple(str(i) for i in range(model.num_classes))
-        return [labels[int(i)] for i in indices]
-    finally:
-        channel.close()
+
+# -- a whole deployment in one process ----------------------------------------------------------
+Hook = Callable[[Runtime], None]
+
+
+def run_deployment(scheme: str | Scheme, model: SecureModel, feature_config: dict,
+                   clips: list[str | os.PathLike], n_parties: int | None = None,
+                   timeout: float = 60.0, hooks: dict[int, Hook] | None = None) -> list[str]:
+    """Every role of a deployment as a thread of this process (in-process channels); the
+    client's labels. `hooks[endpoint]` is called with that endpoint's runtime before its
+    role starts (tests make one compute party deviate this way)."""
+    roles = Roles.for_scheme(registry.get(scheme), n_parties)
+    jobs: list[Callable[[Runtime], Any]] = [
+        functools.partial(compute_party_role, roles=roles) for _ in range(roles.compute)]
+    if roles.dealer is not None:
+        jobs.append(functools.partial(dealer_role_of, roles=roles))
+    jobs.append(functools.partial(client_role, roles=roles, clips=clips))
+    jobs.append(functools.partial(model_owner_role, roles=roles, model=model,
+                                  feature_config=feature_config))
+
+    def hooked(endpoint: int, job: Callable[[Runtime], Any], runtime: Runtime) -> Any:
+        if hooks and endpoint in hooks:
+            hooks[endpoint](runtime)
+        return job(runtime)
+
+    results = run_threads([functools.partial(hooked, k, job) for k, job in enumerate(jobs)],
+                          roles.run_config(timeout))
+    return results[roles.client]

@@ -14,7 +14,8 @@ import numpy as np
 from audio import FeatureConfig
 from experiments.models import ARCHITECTURE, reference_cnn
 from mpc.errors import ConfigError
-from nn.importer import ImportReport, ModelImportError, from_torch
+from nn.errors import ModelImportError
+from nn.importer import ImportReport, from_torch
 from nn.model import SecureModel
 
 ASSETS = Path(__file__).resolve().parent / "assets"

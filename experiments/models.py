@@ -1,4 +1,4 @@
-"""The reference CNN (see ARCHITECTURE.md, "Reference model and data").
+"""The reference CNN (see docs/architecture.md, "Reference model").
 
 Built only from module types that ``nn.from_torch`` imports: BatchNorm2d, Conv2d, ReLU,
 AvgPool2d, Flatten, Dropout, Linear. The first layer, ``BatchNorm2d(1)``, is a *frozen input

@@ -25,19 +25,10 @@ from experiments.benchmarks.network import cpu_model
 from experiments.modelfile import BUNDLED_CLIPS, BUNDLED_MODEL, load_model, plaintext_logits
 from experiments.netsim import LAN, WAN, Link, Route
 from nn.inference import classify
-from protocols.run import SCHEMES
-
-SETTINGS = {"additive": "2PC passive (dealer)", "spdz2k": "2PC active (dealer)",
-            "replicated": "3PC passive", "replicated_mac": "3PC active",
-            "rep4": "4PC active"}
-ORDER = ["additive", "spdz2k", "replicated", "replicated_mac", "rep4"]
-BATCHABLE = {"additive", "replicated", "rep4"}
-# The MAC schemes run one clip at a time: spdz2k for memory (~1 GB of dealer material a
-# party per clip), replicated_mac to time single clips (~3 s each); both check all 8 labels.
-MAC_CLIPS = {"spdz2k": 8, "replicated_mac": 8}
+from protocols.registry import SCHEMES, Scheme
 
 
-def _timed(model, x, scheme: str, link: Link) -> dict:
+def _timed(model, x, scheme: Scheme, link: Link) -> dict:
     route = Route(link) if link.delay or link.rate_bits else None
     try:
         result = classify(model, x, scheme=scheme, transport="tcp", route=route, timeout=600)
@@ -67,26 +58,26 @@ def main(argv: list[str] | None = None) -> int:
     phrase = [loaded.labels.index(truth[c.name]["label"]) for c in clips]
     rows, chart = [], []
     networks = [LAN] if args.quick else [LAN, WAN]
-    for scheme in [s for s in ORDER if s in SCHEMES]:
-        print(f"reproduce: {scheme} ...", flush=True)
+    for scheme in SCHEMES.values():
+        print(f"reproduce: {scheme.name} ...", flush=True)
         labels: list[int] = []
-        if scheme in BATCHABLE:
+        if scheme.batchable:
             labels = _timed(loaded.secure, features, scheme, LAN)["labels"]
-        else:
-            for k in range(MAC_CLIPS[scheme]):
+        else:  # one clip at a time (memory, or to time single clips), every clip checked
+            for k in range(len(clips)):
                 labels += classify(loaded.secure, features[k:k + 1], scheme=scheme,
                                    transport="threads", timeout=600).labels.tolist()
         checked = len(labels)
         same = int(np.sum(np.array(labels) == plain[:checked]))
         for link in networks:
             m = _timed(loaded.secure, features[:1], scheme, link)
-            rows.append([SETTINGS.get(scheme, scheme), scheme, link.name,
+            rows.append([scheme.setting, scheme.name, link.name,
                          f"{m['online']:.3f}", f"{m['offline']:.3f}",
                          f"{m['online'] + m['offline']:.3f}",
                          "/".join(f"{b / 1e6:.1f}" for b in m["bytes"]), m["rounds"],
                          f"{same}/{checked}",
                          f"{np.mean(np.array(labels) == np.array(phrase[:checked])):.0%}"])
-            chart.append((f"{scheme}\n{'LAN' if link is LAN else 'WAN'}", m["online"],
+            chart.append((f"{scheme.name}\n{'LAN' if link is LAN else 'WAN'}", m["online"],
                           m["offline"]))
     header = ["setting", "scheme", "network", "online s/clip", "offline s/clip",
               "total s/clip", "MB sent per party (online+offline)", "rounds",
@@ -101,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
              "machine over TCP with mutual TLS 1.3; offline is the dealer's or helper's "
              "preprocessing; model sharing (once per model) is excluded. The plaintext model's "
              f"own agreement with the phrase labels is {np.mean(plain == phrase):.0%} "
-             "on the 8 clips; the MAC schemes' labels are checked one clip at a time (spdz2k for "
-             f"memory), on the first {MAC_CLIPS['spdz2k']} (spdz2k) and "
-             f"{MAC_CLIPS['replicated_mac']} (replicated_mac) "
+             f"on the {len(clips)} clips; the labels of "
+             f"{', '.join(s.name for s in SCHEMES.values() if not s.batchable)} are checked one "
+             f"clip at a time, on all {len(clips)} clips "
              "(labels follow the phrase, see README). WAN is simulated by user-space relays "
              f"({WAN.name}) because this kernel has no netem.", ""]
     lines.append("| " + " | ".join(header) + " |")

@@ -262,7 +262,8 @@ def start_party(cluster: Cluster, party_id: int, config: RunConfig | None = None
         listener = tcp.listen((spec.bind or spec.host, spec.port))
     try:
         channel = tcp.connect(party_id, cluster.addresses(), spec.tls, listener=listener,
-                              timeout=config.timeout, connect_timeout=cluster.connect_timeout)
+                              timeout=config.timeout, connect_timeout=cluster.connect_timeout,
+                              names=config.endpoint_names())
     finally:
         listener.close()
     try:

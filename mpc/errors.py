@@ -1,4 +1,10 @@
-"""Error types shared by every layer, so callers can tell failures apart by type."""
+"""Errors of the mpc layer and the base class of every layer's errors.
+
+Callers tell failures apart by type; each package above keeps its own errors in its own
+``errors`` module (``audio.errors``, ``nn.errors``), all subclasses of :class:`SottovoceError`.
+"""
+
+from __future__ import annotations
 
 
 class SottovoceError(Exception):
@@ -33,5 +39,17 @@ class ConfigError(SottovoceError, ValueError):
     """A configuration, cluster or model file is invalid."""
 
 
-class AudioError(SottovoceError, ValueError):
-    """An audio file or signal is unusable; the message names the file and the problem."""
+class AuthenticationError(SottovoceError):
+    """A peer's TLS certificate is not from the project CA or names another party."""
+
+
+class PartyFailed(SottovoceError):
+    """A party's role raised; the message names the party and carries its error."""
+
+    def __init__(self, party_id: int, error: BaseException | str) -> None:
+        self.party_id = party_id
+        self.error = error
+        super().__init__(f"party {party_id} failed: {error}")
+
+    def __reduce__(self) -> tuple:  # two-argument __init__: pickle by its arguments
+        return (PartyFailed, (self.party_id, self.error))

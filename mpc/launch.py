@@ -19,24 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from mpc import ring
-from mpc.errors import PeerLost, SottovoceError
+from mpc.errors import PartyFailed, PeerLost, SottovoceError
 from mpc.net.certs import TlsFiles, make_certificates
 from mpc.net.inprocess import InProcessNetwork
 from mpc.runtime import RunConfig, Runtime, make_runtime
 
 Role = Callable[[Runtime], Any]
-
-
-class PartyFailed(SottovoceError):
-    """A party's role raised; the message names the party and carries its error."""
-
-    def __init__(self, party_id: int, error: BaseException | str) -> None:
-        self.party_id = party_id
-        self.error = error
-        super().__init__(f"party {party_id} failed: {error}")
-
-    def __reduce__(self) -> tuple:  # two-argument __init__: pickle by its arguments
-        return (PartyFailed, (self.party_id, self.error))
 
 
 def _first_failure(errors: dict[int, BaseException], observed: frozenset[int] = frozenset()
@@ -63,7 +51,7 @@ def run_threads(roles: Sequence[Role], config: RunConfig) -> list[Any]:
     errors: dict[int, BaseException] = {}
 
     def body(party: int) -> None:
-        channel = network.channel(party, timeout=config.timeout)
+        channel = network.channel(party, timeout=config.timeout, names=config.endpoint_names())
         try:
             ring.set_threads(config.threads)  # numba's setting is per calling thread
             results[party] = roles[party](make_runtime(channel, config))
@@ -104,7 +92,7 @@ def _process_main(party: int, role_file: str, config: RunConfig, tls: TlsFiles,
             raise TimeoutError("launcher sent no address list")
         addresses = address_conn.recv()
         channel = tcp.connect(party, addresses, tls, listener=listener, timeout=config.timeout,
-                              connect_timeout=connect_timeout)
+                              connect_timeout=connect_timeout, names=config.endpoint_names())
         listener.close()
         result = role(make_runtime(channel, config))
         # the queue pickles in a feeder thread that only prints a failure, leaving the

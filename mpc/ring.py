@@ -1,4 +1,4 @@
-"""Arithmetic in Z_2^64 and Z_2^128, the hot core of every protocol.
+"""Arithmetic in Z_2^64, the hot core of every protocol.
 
 Z_2^64 elements are numpy ``uint64`` arrays: numpy's unsigned arithmetic already wraps
 mod 2^64, so add/sub/mul are plain numpy. The only hot kernel is the matrix product (conv and
@@ -10,20 +10,14 @@ dense layers), for which numpy has no BLAS path; three exact implementations liv
 
 :func:`matmul64` picks between the last two by shape (see its docstring for measurements).
 
-Z_2^128 elements are uint64 arrays with a trailing axis of length 2, ``x[..., 0]`` the low
-limb and ``x[..., 1]`` the high limb (needed by the MAC-checked schemes, which compute mod
-2^(64+64)). Every operation has a numba kernel (``cache=True``) and a numpy twin used as test
-oracle next to plain Python integers.
-
-Nothing here keeps state: the functions are pure, and :data:`RING64` / :data:`RING128` are
-immutable bundles of them so protocol code can be written once for both rings.
+Z_2^128, which the MAC-checked schemes compute in, is `mpc.ring128`. Nothing here keeps
+state: the functions are pure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numba
 import numpy as np
@@ -32,43 +26,20 @@ from numba import prange
 __all__ = [
     "MASK64",
     "LIMB_MAX_K",
-    "RING64",
-    "RING128",
-    "Ring",
-    "RingPRG",
     "add",
-    "add128",
-    "add128_numpy",
     "arith_rshift64",
     "from_int",
-    "from_int128",
-    "low64",
     "lshift",
-    "lshift128",
-    "lshift128_numpy",
     "matmul64",
     "matmul64_limbs",
     "matmul64_numba",
     "matmul64_numpy",
-    "matmul128",
-    "matmul128_numpy",
     "mul",
-    "mul128",
-    "mul128_numpy",
-    "mulhi64",
     "neg",
-    "neg128",
-    "neg128_numpy",
     "rshift_logical",
-    "rshift_logical128",
-    "rshift_logical128_numpy",
     "signed64",
     "sub",
-    "sub128",
-    "sub128_numpy",
-    "to128",
     "to_pyint",
-    "to_pyint128",
     "unsigned64",
 ]
 
@@ -81,14 +52,11 @@ LIMB_MAX_K = 1 << 21
 _LIMB_GROUP_MAX_K = 1 << 19
 
 _U64 = np.uint64
-_M32 = np.uint64(0xFFFFFFFF)
 _M16 = np.uint64(0xFFFF)
 
 
-class RingPRG(Protocol):
-    """What :meth:`Ring.random` needs from a PRG (the AES-CTR PRG provides it)."""
-
-    def ring_elements(self, shape: tuple[int, ...]) -> np.ndarray: ...
+#: The low 63 bits of a ring element: everything but the sign bit.
+LOW63 = np.uint64((1 << 63) - 1)
 
 
 def _u64(a: Any) -> np.ndarray:
@@ -383,443 +351,6 @@ def matmul64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     experiments/benchmarks/ring.py.
     """
     return matmul64_numba(a, b)
-
-
-# ---------------------------------------------------------------------------------------------
-# Z_2^128: two uint64 limbs in a trailing axis
-# ---------------------------------------------------------------------------------------------
-
-
-def _u128(a: Any) -> np.ndarray:
-    arr = _u64(a)
-    if arr.ndim == 0 or arr.shape[-1] != 2:
-        raise ValueError(f"a Z_2^128 array needs a trailing axis of length 2, got {arr.shape}")
-    return arr
-
-
-def to128(a: np.ndarray) -> np.ndarray:
-    """Zero-extend a uint64 array to Z_2^128 (new trailing limb axis)."""
-    a = _u64(a)
-    return np.stack([a, np.zeros_like(a)], axis=-1)
-
-
-def low64(x: np.ndarray) -> np.ndarray:
-    """x mod 2^64 of a Z_2^128 array (a copy of the low limb)."""
-    return _u128(x)[..., 0].copy()
-
-
-def from_int128(x: Any) -> np.ndarray:
-    """Python int(s) of any size and sign (or an integer array) mod 2^128, as limb pairs."""
-    arr = np.asarray(x)
-    if arr.dtype.kind in "iu" and arr.dtype != object:
-        lo = arr.astype(np.int64).astype(np.uint64) if arr.dtype.kind == "i" else arr.astype(
-            np.uint64
-        )
-        hi = np.where(arr < 0, _U64(MASK64), _U64(0)).astype(np.uint64)
-        return np.stack([lo, hi], axis=-1)
-    if arr.dtype != object and arr.dtype.kind != "b":
-        raise TypeError(f"from_int128 needs integers, got dtype {arr.dtype}")
-    obj = np.asarray(arr, dtype=object)
-    lo = np.frompyfunc(lambda v: int(v) & MASK64, 1, 1)(obj)
-    hi = np.frompyfunc(lambda v: (int(v) >> 64) & MASK64, 1, 1)(obj)
-    return np.stack(
-        [np.asarray(lo, dtype=object).astype(np.uint64), np.asarray(hi, dtype=object).astype(
-            np.uint64)],
-        axis=-1,
-    )
-
-
-def to_pyint128(x: np.ndarray) -> np.ndarray:
-    """Object array of Python ints in [0, 2^128) (drops the limb axis): the test oracle."""
-    x = _u128(x)
-    return x[..., 0].astype(object) + (x[..., 1].astype(object) << 64)
-
-
-def _flat_pair(
-    a: np.ndarray, b: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    """Broadcast two Z_2^128 arrays and flatten them to contiguous (n, 2) views."""
-    a, b = _u128(a), _u128(b)
-    shape = np.broadcast_shapes(a.shape, b.shape)
-    fa = np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1, 2)
-    fb = np.ascontiguousarray(np.broadcast_to(b, shape)).reshape(-1, 2)
-    return fa, fb, shape
-
-
-# numba kernels work on flattened (n, 2) arrays; every literal is typed as uint64 because numba
-# turns uint64-int64 arithmetic into float64.
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _mulwide(x: np.uint64, y: np.uint64) -> tuple[np.uint64, np.uint64]:  # pragma: no cover
-    """Full 64x64 -> 128-bit product (lo, hi) through 32-bit halves."""
-    m32 = np.uint64(0xFFFFFFFF)
-    s32 = np.uint64(32)
-    xl = x & m32
-    xh = x >> s32
-    yl = y & m32
-    yh = y >> s32
-    ll = xl * yl
-    lh = xl * yh
-    hl = xh * yl
-    hh = xh * yh
-    mid = (ll >> s32) + (lh & m32) + (hl & m32)
-    lo = (ll & m32) | (mid << s32)
-    hi = hh + (lh >> s32) + (hl >> s32) + (mid >> s32)
-    return lo, hi
-
-
-mulwide = _mulwide  # the 64x64 -> 128-bit product, for kernels in other modules
-
-
-@numba.njit(cache=True, nogil=True)
-def _add128_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
-    for t in range(a.shape[0]):
-        lo = a[t, 0] + b[t, 0]
-        out[t, 1] = a[t, 1] + b[t, 1] + np.uint64(lo < a[t, 0])
-        out[t, 0] = lo
-
-
-@numba.njit(cache=True, nogil=True)
-def _sub128_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
-    for t in range(a.shape[0]):
-        borrow = np.uint64(a[t, 0] < b[t, 0])
-        out[t, 1] = a[t, 1] - b[t, 1] - borrow
-        out[t, 0] = a[t, 0] - b[t, 0]
-
-
-@numba.njit(cache=True, nogil=True)
-def _neg128_kernel(a: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
-    zero = np.uint64(0)
-    for t in range(a.shape[0]):
-        borrow = np.uint64(a[t, 0] != zero)
-        out[t, 1] = zero - a[t, 1] - borrow
-        out[t, 0] = zero - a[t, 0]
-
-
-@numba.njit(cache=True, nogil=True)
-def _mul128_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
-    # (a1 2^64 + a0)(b1 2^64 + b0) = a0 b0 + 2^64 (a0 b1 + a1 b0) mod 2^128
-    for t in range(a.shape[0]):
-        lo, hi = _mulwide(a[t, 0], b[t, 0])
-        out[t, 0] = lo
-        out[t, 1] = hi + a[t, 0] * b[t, 1] + a[t, 1] * b[t, 0]
-
-
-@numba.njit(cache=True, nogil=True)
-def _lshift128_kernel(a: np.ndarray, n: np.uint64, out: np.ndarray) -> None:  # pragma: no cover
-    # 0 < n < 128 (the wrapper handles 0 and >= 128)
-    s64 = np.uint64(64)
-    for t in range(a.shape[0]):
-        lo = a[t, 0]
-        hi = a[t, 1]
-        if n < s64:
-            out[t, 1] = (hi << n) | (lo >> (s64 - n))
-            out[t, 0] = lo << n
-        else:
-            out[t, 1] = lo << (n - s64)
-            out[t, 0] = np.uint64(0)
-
-
-@numba.njit(cache=True, nogil=True)
-def _rshift128_kernel(a: np.ndarray, n: np.uint64, out: np.ndarray) -> None:  # pragma: no cover
-    # 0 < n < 128 (the wrapper handles 0 and >= 128)
-    s64 = np.uint64(64)
-    for t in range(a.shape[0]):
-        lo = a[t, 0]
-        hi = a[t, 1]
-        if n < s64:
-            out[t, 0] = (lo >> n) | (hi << (s64 - n))
-            out[t, 1] = hi >> n
-        else:
-            out[t, 0] = hi >> (n - s64)
-            out[t, 1] = np.uint64(0)
-
-
-@numba.njit(cache=True, nogil=True)
-def _matmul128_tile(
-    alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray, olo: np.ndarray,
-    ohi: np.ndarray, i0: int, i1: int, j0: int, j1: int,
-) -> None:  # pragma: no cover
-    # Limb planes are separate contiguous arrays so that the inner loop vectorises (see
-    # _matmul64_tile for why this is a serial function over row slices).
-    for i in range(i0, i1):
-        olo[i, j0:j1] = 0
-        ohi[i, j0:j1] = 0
-    for k in range(alo.shape[1]):
-        bl = blo[k, j0:j1]
-        bh = bhi[k, j0:j1]
-        for i in range(i0, i1):
-            a0 = alo[i, k]
-            a1 = ahi[i, k]
-            rl = olo[i, j0:j1]
-            rh = ohi[i, j0:j1]
-            for j in range(rl.shape[0]):
-                lo, hi = _mulwide(a0, bl[j])
-                hi += a0 * bh[j] + a1 * bl[j]
-                acc = rl[j] + lo
-                rh[j] += hi + np.uint64(acc < lo)
-                rl[j] = acc
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _matmul128_kernel(
-    alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray, olo: np.ndarray,
-    ohi: np.ndarray,
-) -> None:  # pragma: no cover
-    # Tiles of 8 rows x 256 columns spread over the threads, as in the 64-bit kernel.
-    m, n = olo.shape
-    rb = 8
-    cb = 256
-    nti = (m + rb - 1) // rb
-    ntj = (n + cb - 1) // cb
-    for t in prange(nti * ntj):
-        i0 = (t // ntj) * rb
-        j0 = (t % ntj) * cb
-        _matmul128_tile(alo, ahi, blo, bhi, olo, ohi, i0, min(i0 + rb, m), j0, min(j0 + cb, n))
-
-
-def add128(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a + b mod 2^128 (broadcasting over the leading axes)."""
-    fa, fb, shape = _flat_pair(a, b)
-    out = np.empty_like(fa)
-    _add128_kernel(fa, fb, out)
-    return out.reshape(shape)
-
-
-def sub128(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a - b mod 2^128 (broadcasting)."""
-    fa, fb, shape = _flat_pair(a, b)
-    out = np.empty_like(fa)
-    _sub128_kernel(fa, fb, out)
-    return out.reshape(shape)
-
-
-def neg128(a: np.ndarray) -> np.ndarray:
-    """-a mod 2^128."""
-    a = _u128(a)
-    fa = np.ascontiguousarray(a).reshape(-1, 2)
-    out = np.empty_like(fa)
-    _neg128_kernel(fa, out)
-    return out.reshape(a.shape)
-
-
-def mul128(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a * b mod 2^128 (elementwise, broadcasting)."""
-    fa, fb, shape = _flat_pair(a, b)
-    out = np.empty_like(fa)
-    _mul128_kernel(fa, fb, out)
-    return out.reshape(shape)
-
-
-def _shift128(a: np.ndarray, n: int, kernel) -> np.ndarray:
-    """Apply a 128-bit shift kernel by n bits; n == 0 copies, n >= 128 gives 0."""
-    a, n = _u128(a), _check_shift(n)
-    if n == 0:
-        return a.copy()
-    if n >= 128:
-        return np.zeros_like(a)
-    fa = np.ascontiguousarray(a).reshape(-1, 2)
-    out = np.empty_like(fa)
-    kernel(fa, _U64(n), out)
-    return out.reshape(a.shape)
-
-
-def lshift128(a: np.ndarray, n: int) -> np.ndarray:
-    """a * 2^n mod 2^128; n >= 128 gives 0."""
-    return _shift128(a, n, _lshift128_kernel)
-
-
-def rshift_logical128(a: np.ndarray, n: int) -> np.ndarray:
-    """floor(a / 2^n) for a read as unsigned 128-bit; n >= 128 gives 0."""
-    return _shift128(a, n, _rshift128_kernel)
-
-
-def _prep_matmul128(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
-    a, b = _u128(a), _u128(b)
-    if a.ndim < 3 or b.ndim < 3:
-        raise ValueError("matmul128 needs operands of shape (..., m, k, 2) and (..., k, n, 2)")
-    if a.shape[-2] != b.shape[-3]:
-        raise ValueError(f"matmul128 shape mismatch: {a.shape} @ {b.shape}")
-    return a, b
-
-
-def _matmul128_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    m, n = a.shape[0], b.shape[1]
-    olo = np.empty((m, n), dtype=np.uint64)
-    ohi = np.empty((m, n), dtype=np.uint64)
-    if olo.size:
-        planes = [np.ascontiguousarray(x[..., h]) for x in (a, b) for h in (0, 1)]
-        # a 128-bit MAC costs about four 64-bit ones
-        if m * a.shape[1] * n < _SERIAL_MACS // 4 or numba.get_num_threads() == 1:
-            _matmul128_tile(*planes, olo, ohi, 0, m, 0, n)
-        else:
-            _matmul128_kernel(*planes, olo, ohi)
-    return np.stack([olo, ohi], axis=-1)
-
-
-def matmul128(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b mod 2^128 for (..., m, k, 2) @ (..., k, n, 2), parallel numba kernel."""
-    a, b = _prep_matmul128(a, b)
-    if a.ndim == 3 and b.ndim == 3:
-        return _matmul128_2d(a, b)
-    batch = np.broadcast_shapes(a.shape[:-3], b.shape[:-3])
-    a_b = np.broadcast_to(a, batch + a.shape[-3:])
-    b_b = np.broadcast_to(b, batch + b.shape[-3:])
-    out = np.empty(batch + (a.shape[-3], b.shape[-2], 2), dtype=np.uint64)
-    for idx in np.ndindex(*batch):
-        out[idx] = _matmul128_2d(a_b[idx], b_b[idx])
-    return out
-
-
-# --- numpy twins (vectorised, no numba): the oracles next to Python ints ---------------------
-
-
-def mulhi64(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """High 64 bits of the full 128-bit product of two uint64 arrays (numpy, 32-bit halves)."""
-    x, y = _u64(x), _u64(y)
-    s32 = _U64(32)
-    xl, xh, yl, yh = x & _M32, x >> s32, y & _M32, y >> s32
-    ll, lh, hl, hh = xl * yl, xl * yh, xh * yl, xh * yh
-    mid = (ll >> s32) + (lh & _M32) + (hl & _M32)
-    return hh + (lh >> s32) + (hl >> s32) + (mid >> s32)
-
-
-def add128_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Twin of :func:`add128` in plain numpy."""
-    a, b = _u128(a), _u128(b)
-    with np.errstate(over="ignore"):  # 0-d inputs become numpy scalars, which warn
-        lo = a[..., 0] + b[..., 0]
-        hi = a[..., 1] + b[..., 1] + (lo < a[..., 0]).astype(np.uint64)
-    return np.stack([lo, hi], axis=-1)
-
-
-def sub128_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Twin of :func:`sub128` in plain numpy."""
-    a, b = _u128(a), _u128(b)
-    with np.errstate(over="ignore"):  # 0-d inputs become numpy scalars, which warn
-        lo = a[..., 0] - b[..., 0]
-        hi = a[..., 1] - b[..., 1] - (a[..., 0] < b[..., 0]).astype(np.uint64)
-    return np.stack([lo, hi], axis=-1)
-
-
-def neg128_numpy(a: np.ndarray) -> np.ndarray:
-    """Twin of :func:`neg128` in plain numpy."""
-    return sub128_numpy(np.zeros_like(_u128(a)), a)
-
-
-def mul128_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Twin of :func:`mul128` in plain numpy."""
-    a, b = _u128(a), _u128(b)
-    a0, a1, b0, b1 = a[..., 0], a[..., 1], b[..., 0], b[..., 1]
-    with np.errstate(over="ignore"):  # 0-d inputs become numpy scalars, which warn
-        lo = a0 * b0
-        hi = mulhi64(a0, b0) + a0 * b1 + a1 * b0
-    return np.stack(np.broadcast_arrays(lo, hi), axis=-1)
-
-
-def lshift128_numpy(a: np.ndarray, n: int) -> np.ndarray:
-    """Twin of :func:`lshift128` through Python ints (slow; tests only)."""
-    return from_int128(to_pyint128(a) << _check_shift(n))
-
-
-def rshift_logical128_numpy(a: np.ndarray, n: int) -> np.ndarray:
-    """Twin of :func:`rshift_logical128` through Python ints (slow; tests only)."""
-    return from_int128(to_pyint128(a) >> _check_shift(n))
-
-
-def matmul128_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Twin of :func:`matmul128` through Python-int object arrays (slow; tests and benchmark)."""
-    a, b = _prep_matmul128(a, b)
-    return from_int128(np.matmul(to_pyint128(a), to_pyint128(b)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Ring bundles
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Ring:
-    """Z_2^bits with the operations protocols need, so scheme code is written once.
-
-    Elements are ``uint64`` arrays; for ``bits == 128`` they carry a trailing limb axis of
-    length 2 (``limbs``). ``element_shape(x)`` gives the logical shape without that axis.
-    """
-
-    bits: int
-
-    def __post_init__(self) -> None:
-        if self.bits not in (64, 128):
-            raise ValueError(f"only Z_2^64 and Z_2^128 are supported, got bits={self.bits}")
-
-    @property
-    def dtype(self) -> np.dtype:
-        """Storage dtype of every limb (always uint64)."""
-        return np.dtype(np.uint64)
-
-    @property
-    def limbs(self) -> int:
-        """uint64 words per element: 1 for Z_2^64, 2 (trailing axis) for Z_2^128."""
-        return self.bits // 64
-
-    @property
-    def modulus(self) -> int:
-        return 1 << self.bits
-
-    def _wide(self) -> bool:
-        return self.bits == 128
-
-    def storage_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Array shape holding elements of logical shape ``shape``."""
-        return tuple(shape) + ((2,) if self._wide() else ())
-
-    def element_shape(self, x: np.ndarray) -> tuple[int, ...]:
-        """Logical shape of a ring array (without the limb axis)."""
-        return x.shape[:-1] if self._wide() else x.shape
-
-    def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return add128(a, b) if self._wide() else add(a, b)
-
-    def sub(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return sub128(a, b) if self._wide() else sub(a, b)
-
-    def neg(self, a: np.ndarray) -> np.ndarray:
-        return neg128(a) if self._wide() else neg(a)
-
-    def mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return mul128(a, b) if self._wide() else mul(a, b)
-
-    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return matmul128(a, b) if self._wide() else matmul64(a, b)
-
-    def lshift(self, a: np.ndarray, n: int) -> np.ndarray:
-        return lshift128(a, n) if self._wide() else lshift(a, n)
-
-    def rshift_logical(self, a: np.ndarray, n: int) -> np.ndarray:
-        return rshift_logical128(a, n) if self._wide() else rshift_logical(a, n)
-
-    def from_int(self, x: Any) -> np.ndarray:
-        return from_int128(x) if self._wide() else from_int(x)
-
-    def to_pyint(self, a: np.ndarray) -> np.ndarray:
-        return to_pyint128(a) if self._wide() else to_pyint(a)
-
-    def zeros(self, shape: tuple[int, ...] | int) -> np.ndarray:
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        return np.zeros(self.storage_shape(shape), dtype=np.uint64)
-
-    def random(self, shape: tuple[int, ...] | int, prg: RingPRG) -> np.ndarray:
-        """Uniform elements from ``prg.ring_elements`` (two words per element for 128 bits)."""
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        out = _u64(prg.ring_elements(self.storage_shape(shape)))
-        if out.shape != self.storage_shape(shape):
-            raise ValueError(f"PRG returned shape {out.shape}, wanted {self.storage_shape(shape)}")
-        return out
-
-
-RING64 = Ring(64)
-RING128 = Ring(128)
 
 
 def warmup(threads: int | None = None) -> None:

@@ -14,6 +14,9 @@ import numpy as np
 from mpc.net.channel import Channel
 from mpc.prg import KEY_BYTES, PRG, shared_key
 
+#: The roles of the external endpoints, in endpoint order (see experiments/deploy.py).
+EXTERNAL_ROLES = ("client", "model owner")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -24,6 +27,19 @@ class RunConfig:
     dealer: bool = False  # an extra endpoint with id n_parties supplies preprocessing
     threads: int = 1  # numba threads per party process (parties share this machine's cores)
     external: int = 0  # endpoints after the dealer that only give inputs or get outputs
+
+    def endpoint_names(self) -> dict[int, str]:
+        """Every endpoint's role, as errors name it: "party i" for the compute parties,
+        "dealer" for endpoint n (with a dealer), then "client" and "model owner" (the
+        external endpoints of a deployment)."""
+        names = {p: f"party {p}" for p in range(self.n_parties)}
+        if self.dealer:
+            names[self.n_parties] = "dealer"
+        first = self.n_parties + (1 if self.dealer else 0)
+        for k in range(self.external):
+            names[first + k] = (EXTERNAL_ROLES[k] if k < len(EXTERNAL_ROLES)
+                                else f"party {first + k}")
+        return names
 
 
 @dataclass
@@ -73,7 +89,8 @@ def agree_pair_keys(channel: Channel) -> dict[int, bytes]:
 
 
 def make_runtime(channel: Channel, config: RunConfig) -> Runtime:
-    """Agree keys over `channel` and build the party's runtime."""
+    """Name the endpoints' roles on `channel`, agree keys over it, build the party's runtime."""
+    channel.names = config.endpoint_names()
     keys = agree_pair_keys(channel)
     channel.traffic.__init__()  # start-up traffic is not the computation's
     return Runtime(party_id=channel.party_id, config=config, channel=channel, pair_keys=keys)

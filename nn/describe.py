@@ -6,21 +6,22 @@ another party sent; `from_description` validates every field.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from mpc.errors import ConfigError
+from mpc import limits
 from mpc.fixedpoint import FixedPoint
-from nn import layers as L
+from nn.footprint import FIELDS as _FIELDS
+from nn.footprint import MAX_RANK, Footprint, Where, integer, ints, layers_of, text
 from nn.model import SecureModel
 
-_KINDS = {"Conv2d": L.Conv2d, "Linear": L.Linear, "ReLU": L.ReLU, "Flatten": L.Flatten,
-          "Pool2d": L.Pool2d, "Scale": L.Scale, "Reshape": L.Reshape}
-_FIELDS = {"Conv2d": ("weight_shape", "bias_shape", "stride", "padding"),
-           "Linear": ("weight_shape", "bias_shape"), "ReLU": (), "Flatten": (),
-           "Pool2d": ("kernel", "stride", "mode"), "Scale": ("factor",), "Reshape": ("shape",)}
+FORMAT = "sottovoce-model/1"
+_KEYS = ("format", "input_shape", "frac_bits", "int_bits", "labels", "layers")
 
 
 def describe(model: SecureModel) -> dict[str, Any]:
+    """The model's public description as JSON-ready data (no weights), for the owner to send
+    to the other roles; `from_description` reads it back."""
     layers = []
     for layer in model.layers:
         kind = type(layer).__name__
@@ -34,44 +35,38 @@ def describe(model: SecureModel) -> dict[str, Any]:
             "labels": list(model.labels), "layers": layers}
 
 
-def _ints(value: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, int) and v >= 0 for v in value):
-        raise ConfigError(f"model description: {where} must be a list of non-negative integers")
-    return tuple(value)
+def checked(data: Any) -> tuple[SecureModel, Footprint]:
+    """A public SecureModel (no weights) from `describe`'s output and its footprint; every
+    field is checked, and the totals against `mpc.limits`, before any array exists."""
+    top = Where(None, None)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise top.fail("format", data.get("format") if isinstance(data, dict) else data,
+                       f"not a {FORMAT} document")
+    unknown = sorted(set(data) - set(_KEYS))
+    if unknown:
+        raise top.fail(unknown[0], data[unknown[0]], "is not a field of a model description")
+    for key in ("frac_bits", "int_bits"):
+        integer(data.get(key), top, key, 0)
+    try:
+        fixed = FixedPoint(frac_bits=data["frac_bits"], int_bits=data["int_bits"])
+    except ValueError as exc:
+        raise top.fail("frac_bits, int_bits", [data["frac_bits"], data["int_bits"]],
+                       f"not a fixed-point format ({exc})") from None
+    shape = ints(data.get("input_shape"), top, "input_shape", range(1, MAX_RANK + 1), 1)
+    if math.prod(shape) > limits.MAX_ACTIVATION:
+        raise top.fail("input_shape", list(shape), f"{math.prod(shape)} values per example "
+                       f"is above mpc.limits.MAX_ACTIVATION ({limits.MAX_ACTIVATION})")
+    layers, out, footprint = layers_of(data.get("layers"), shape, fixed)
+    labels = data.get("labels", [])
+    if not isinstance(labels, list):
+        raise top.fail("labels", labels, "must be a list of strings")
+    if labels and len(labels) != math.prod(out):
+        raise top.fail("labels", labels, f"{len(labels)} labels for {math.prod(out)} outputs")
+    labels = [text(label, top, "labels") for label in labels]
+    return SecureModel(layers, shape, fixed, tuple(labels)), footprint
 
 
 def from_description(data: Any) -> SecureModel:
-    """A public SecureModel (no weights) from `describe`'s output, checked field by field."""
-    if not isinstance(data, dict) or data.get("format") != "sottovoce-model/1":
-        raise ConfigError("model description: not a sottovoce-model/1 document")
-    layers = []
-    for index, entry in enumerate(data.get("layers", [])):
-        kind = entry.get("type") if isinstance(entry, dict) else None
-        if kind not in _KINDS:
-            raise ConfigError(f"model description: layer {index} has unknown type {kind!r}")
-        kwargs: dict[str, Any] = {}
-        for key in _FIELDS[kind]:
-            if key not in entry:
-                raise ConfigError(f"model description: layer {index} ({kind}) lacks {key}")
-            value = entry[key]
-            if key == "mode":
-                if value not in ("sum", "max"):
-                    raise ConfigError(f"model description: layer {index} mode {value!r}")
-            elif key == "factor":
-                if not isinstance(value, int | float):
-                    raise ConfigError(f"model description: layer {index} factor {value!r}")
-            else:
-                value = _ints(value, f"layer {index} {key}")
-            kwargs[key] = value
-        layers.append(_KINDS[kind](str(entry.get("name", f"layer{index}")), **kwargs))
-    if not layers:
-        raise ConfigError("model description: no layers")
-    try:
-        fixed = FixedPoint(frac_bits=data["frac_bits"], int_bits=data["int_bits"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"model description: bad fixed-point format ({exc})") from None
-    labels = data.get("labels", [])
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ConfigError("model description: labels must be a list of strings")
-    return SecureModel(layers, _ints(data.get("input_shape"), "input_shape"), fixed,
-                       tuple(labels))
+    """A public SecureModel (no weights) from `describe`'s output, checked field by field
+    (`ModelDescriptionError`, a `ConfigError`, names the layer, the field and the value)."""
+    return checked(data)[0]

@@ -25,4 +25,5 @@ def emulate(model: SecureModel, features: np.ndarray) -> tuple[np.ndarray, list[
 
 
 def emulate_labels(model: SecureModel, features: np.ndarray) -> np.ndarray:
+    """The labels a secure run should give, computed in the clear to check it against."""
     return emulate(model, features)[0].argmax(axis=1)

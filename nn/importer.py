@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpc.errors import EncodingError, SottovoceError
+from mpc.errors import EncodingError
 from mpc.fixedpoint import FixedPoint
 from nn import layers as L
 from nn.emulator import emulate
+from nn.errors import ModelImportError
 from nn.model import SecureModel
 
 ACCUMULATOR_LIMIT = 2.0**61  # pre-truncation values (scale 2^2f) must stay below this
@@ -25,10 +26,6 @@ ACCUMULATOR_LIMIT = 2.0**61  # pre-truncation values (scale 2^2f) must stay belo
 # either way. Fixed, not measured from the probes, so a model that loses its labels to
 # rounding (too few fractional bits) is refused.
 TIE_TOLERANCE = 1e-3
-
-
-class ModelImportError(SottovoceError, ValueError):
-    """The model cannot be run securely as given; the message names the module."""
 
 
 @dataclass
@@ -52,6 +49,7 @@ class ImportReport:
     probes: int
 
     def table(self) -> str:
+        """The per-layer errors and the label agreement as text, for the command line."""
         lines = ["layer                 max |emulator - torch|"]
         lines += [f"{name:<22}{err:.3g}" for name, err in self.layer_errors]
         lines.append(f"labels agree on {self.agreement:.0%} of {self.probes} probes")

@@ -15,11 +15,15 @@ from mpc.limits import MAX_BATCH
 from nn.emulator import emulate
 from nn.layers import MODEL_OWNER
 from nn.model import CLIENT, LayerStats, PrivateInference, SecureModel
-from protocols.run import DEFAULT_PARTIES, PartyReport, run
+from protocols import registry
+from protocols.registry import Scheme
+from protocols.run import PartyReport, run
 
 
 @dataclass
 class LayerReport:
+    """One layer's cost over all parties and, in audit mode, its error against the emulator."""
+
     name: str
     seconds: float  # the slowest party's
     rounds: int
@@ -42,21 +46,26 @@ class Classification:
 
     @property
     def online_seconds(self) -> float:
+        """Online time of the slowest party: the run is as fast as it."""
         return max(p.online_seconds for p in self.parties)
 
     @property
     def offline_seconds(self) -> float:
+        """Preprocessing time of the slowest party."""
         return max(p.offline_seconds for p in self.parties)
 
     @property
     def setup_seconds(self) -> float:
+        """Time to share the weights, paid once per model, of the slowest party."""
         return max(p.setup_seconds for p in self.parties)
 
     @property
     def online_rounds(self) -> int:
+        """Online communication rounds, the most any party took: what latency multiplies."""
         return max(p.online.rounds for p in self.parties)
 
     def bytes_sent(self, phase: str = "online") -> list[int]:
+        """Bytes each party sent in `phase` ("online", "offline" or "setup"), by party."""
         return [getattr(p, phase).bytes_sent for p in self.parties]
 
     def table(self) -> str:
@@ -78,7 +87,7 @@ class Classification:
         return "\n".join(lines)
 
 
-def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated",
+def classify(model: SecureModel, features: np.ndarray, scheme: str | Scheme = registry.DEFAULT,
              n_parties: int | None = None, transport: str = "threads",
              reveal_logits: bool = False, audit: bool = False,
              timeout: float = 60.0, route=None) -> Classification:
@@ -87,8 +96,7 @@ def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated
     Each party's program gets only what that party owns: the client the encoded features,
     the model owner the weights, the others the public architecture.
     """
-    if scheme not in DEFAULT_PARTIES:
-        raise ValueError(f"unknown scheme {scheme!r}; choose from {sorted(DEFAULT_PARTIES)}")
+    chosen = registry.get(scheme)
     features = np.asarray(features, dtype=np.float64)
     if features.shape == model.input_shape:
         features = features[None]
@@ -100,7 +108,7 @@ def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated
         raise ValueError(f"a batch of {batch} examples; classify takes 1..{MAX_BATCH} "
                          "(mpc.limits.MAX_BATCH: memory grows with the batch)")
     encoded = model.fixed.encode(features)
-    n = n_parties or DEFAULT_PARTIES[scheme]
+    n = chosen.party_count(n_parties)
     public = model.public()
     programs = []
     for party in range(n):
@@ -108,7 +116,7 @@ def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated
             model=model if party == MODEL_OWNER else public,
             features=encoded if party == CLIENT else None, batch=batch,
             reveal_logits=reveal_logits, audit=audit))
-    reports = run(scheme, programs, n_parties=n, transport=transport, timeout=timeout,
+    reports = run(chosen, programs, n_parties=n, transport=transport, timeout=timeout,
                   route=route)
     compute = reports[:n]
     outputs = [r.result for r in compute]
@@ -131,4 +139,4 @@ def classify(model: SecureModel, features: np.ndarray, scheme: str = "replicated
     return Classification(
         labels=outputs[CLIENT].labels.astype(np.int64),
         logits=model.fixed.decode(logits) if logits is not None else None,
-        layers=layers, parties=reports, scheme=scheme)
+        layers=layers, parties=reports, scheme=chosen.name)

@@ -27,13 +27,16 @@ class Layer:
     name: str
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The per-example output shape, so a model's shapes are known without running it."""
         return shape
 
     def share_params(self, protocol: Protocol, owner: int) -> dict[str, SecretTensor]:
+        """Secret-share the layer's private values from `owner`; most layers have none."""
         return {}
 
     def forward(self, x: SecretTensor, params: dict[str, SecretTensor],
                 frac_bits: int) -> SecretTensor:
+        """The layer on secret fixed-point values, with `params` from `share_params`."""
         raise NotImplementedError
 
     def public(self) -> Layer:
@@ -51,6 +54,8 @@ class _Affine(Layer):
     bias_shape: tuple[int, ...] = ()
 
     def share_params(self, protocol: Protocol, owner: int) -> dict[str, SecretTensor]:
+        """Share weight and bias from `owner`; the weight is declared a fixed operand so
+        schemes can mask it once for every clip."""
         mine = protocol.plays(owner)
         w = SecretTensor.input(protocol, self.weight if mine else None, owner, self.weight_shape)
         b = SecretTensor.input(protocol, self.bias if mine else None, owner, self.bias_shape)
@@ -58,21 +63,27 @@ class _Affine(Layer):
         return {"weight": w, "bias": b}
 
     def public(self) -> Layer:
+        """Without weight and bias but with their shapes: what the other parties may see."""
         return replace(self, weight=None, bias=None)
 
 
 @dataclass
 class Conv2d(_Affine):
+    """2-D convolution with a private (out, in, kh, kw) weight and bias, public stride and
+    zero padding."""
+
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(out channels, height, width) of a (C, H, W) input."""
         _, _, kh, kw = self.weight_shape
         h = (shape[1] + 2 * self.padding[0] - kh) // self.stride[0] + 1
         w = (shape[2] + 2 * self.padding[1] - kw) // self.stride[1] + 1
         return (self.weight_shape[0], h, w)
 
     def forward(self, x, params, frac_bits):
+        """Convolve, add the bias and truncate once, in one bilinear step."""
         op = ops.Conv2d(tuple(self.stride), tuple(self.padding))
         out = op.out_shape(self.weight_shape, x.shape)
         bias = _broadcast_bias(params["bias"], out, axis=1)
@@ -81,10 +92,14 @@ class Conv2d(_Affine):
 
 @dataclass
 class Linear(_Affine):
+    """Fully connected layer: a private weight stored transposed, (in, out), and bias."""
+
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(out features,); the input is already flat."""
         return (self.weight_shape[1],)
 
     def forward(self, x, params, frac_bits):
+        """x @ weight + bias, truncated once."""
         out = (x.shape[0], self.weight_shape[1])  # weight stored transposed: (in, out)
         bias = _broadcast_bias(params["bias"], out, axis=1)
         return x.bilinear_trunc(params["weight"], ops.MatMul(), bias, frac_bits)
@@ -101,16 +116,23 @@ def _broadcast_bias(bias: SecretTensor, shape: tuple[int, ...], axis: int) -> Se
 
 @dataclass
 class ReLU(Layer):
+    """max(x, 0) by a secure comparison of every value: the interactive non-linearity."""
+
     def forward(self, x, params, frac_bits):
+        """Element-wise max(x, 0) through the scheme's comparison."""
         return x.relu()
 
 
 @dataclass
 class Flatten(Layer):
+    """Each example as one axis, between the convolutions and the linear layers."""
+
     def out_shape(self, shape):
+        """One axis holding every value of the example."""
         return (int(np.prod(shape)),)
 
     def forward(self, x, params, frac_bits):
+        """A local reshape of the shares: no communication."""
         return x.reshape(x.shape[0], -1)
 
 
@@ -125,6 +147,7 @@ class Pool2d(Layer):
     _index: np.ndarray | None = field(default=None, repr=False)
 
     def out_shape(self, shape):
+        """(C, Ho, Wo): channels kept, windows without padding."""
         c, h, w = shape
         return (c, (h - self.kernel[0]) // self.stride[0] + 1,
                 (w - self.kernel[1]) // self.stride[1] + 1)
@@ -140,6 +163,8 @@ class Pool2d(Layer):
         return index.reshape(ho * wo, kh * kw)
 
     def forward(self, x, params, frac_bits):
+        """Sum or maximum of each window; aligned, non-overlapping windows are a reshape,
+        others are gathered by `window_index`."""
         b, c, h, w = x.shape
         ho, wo = self.out_shape((c, h, w))[1:]
         if self.kernel == self.stride and h % self.kernel[0] == 0 and w % self.kernel[1] == 0:
@@ -162,6 +187,7 @@ class Scale(Layer):
     factor: float = 1.0
 
     def forward(self, x, params, frac_bits):
+        """Multiply by the encoded public factor (local) and truncate once."""
         encoded = int(round(self.factor * (1 << frac_bits)))
         return (x * encoded).trunc(frac_bits)
 
@@ -173,7 +199,9 @@ class Reshape(Layer):
     shape: tuple[int, ...] = ()
 
     def out_shape(self, shape):
+        """The configured shape; the input must hold as many values."""
         return self.shape
 
     def forward(self, x, params, frac_bits):
+        """A local reshape of the shares, keeping the batch axis."""
         return x.reshape(x.shape[0], *self.shape)

@@ -33,6 +33,7 @@ class SecureModel:
 
     @property
     def num_classes(self) -> int:
+        """Logits per example, from the layers' shapes alone (no weights needed)."""
         shape = self.input_shape
         for layer in self.layers:
             shape = layer.out_shape(shape)
@@ -57,6 +58,9 @@ class LayerStats:
 
 @dataclass
 class InferenceOutput:
+    """What one party's program returns: labels and logits where opened to it (else None),
+    its per-layer costs, and in audit mode every layer's opened output."""
+
     labels: np.ndarray | None
     logits: np.ndarray | None
     layers: list[LayerStats]
@@ -67,8 +71,8 @@ class _Meter:
     """Per-layer cost seen by this party: time, rounds, bytes, preprocessing items."""
 
     def __init__(self, protocol: Protocol) -> None:
-        self.channel = getattr(protocol, "channel", None)
-        self.material = getattr(protocol, "material", None)
+        self.channel = protocol.channel  # None on the emulator: no traffic to count
+        self.material = protocol.material
         self.stats: list[LayerStats] = []
 
     def _used(self) -> int:
@@ -110,12 +114,14 @@ class PrivateInference:
     _setup_stats: list[LayerStats] = field(default_factory=list, repr=False)
 
     def setup(self, protocol: Protocol) -> None:
+        """Share the model owner's weights; once per model, before the features exist."""
         meter = _Meter(protocol)
         self._params = meter("weights", lambda: [
             layer.share_params(protocol, MODEL_OWNER) for layer in self.model.layers])
         self._setup_stats = meter.stats
 
     def __call__(self, protocol: Protocol) -> InferenceOutput:
+        """The online phase: share the features, run the layers, open the label to the client."""
         if self._params is None:
             raise RuntimeError("PrivateInference.setup must run before the online phase")
         model, batch = self.model, self.batch

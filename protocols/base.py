@@ -10,11 +10,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from mpc.errors import ConfigError
+from mpc.net.channel import Channel
+from mpc.runtime import Runtime
+from protocols import external
 from protocols.ops import Conv2d, MatMul, Mul
+from protocols.preprocessing import store
 from protocols.preprocessing.correlations import Request
+
+if TYPE_CHECKING:  # the planner builds on this module
+    from protocols.clear import Planner
 
 BilinearOp = Mul | MatMul | Conv2d
 
@@ -34,16 +43,69 @@ def as_ring(value: object) -> np.ndarray:
 
 
 class Protocol(ABC):
-    """One party's side of a secret-sharing scheme."""
+    """One party's side of a secret-sharing scheme.
 
-    name: str = "abstract"
-    components: int = 1
-    needs_dealer: bool = False
+    The contract: a scheme declares its name, share components, party counts and whether a
+    dealer serves it as class attributes; `__init__` takes the party's `Runtime` and sets
+    the fields every scheme uses; `planner` and `serve_dealer` say how its preprocessing is
+    planned and dealt; the primitives below compute on shares. Code outside a scheme reads
+    only these names (through `protocols.registry`) and never probes for others.
+    """
 
+    name: ClassVar[str] = "abstract"
+    components: ClassVar[int] = 1
+    needs_dealer: ClassVar[bool] = False
+    default_parties: ClassVar[int] = 2
+    min_parties: ClassVar[int] = 2
+    max_parties: ClassVar[int | None] = None  # None: any number from min_parties
+
+    runtime: Runtime | None = None
+    channel: Channel | None = None  # None only for the protocols without peers (clear)
+    material: store.MaterialStore | None = None  # preprocessing held for the online phase
     party_id: int
     n_parties: int
+    others: tuple[int, ...]
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.check_party_count(runtime.n_parties)
+        self.runtime = runtime
+        self.party_id = runtime.party_id
+        self.n_parties = runtime.n_parties
+        self.channel = runtime.channel
+        self.others = tuple(p for p in range(self.n_parties) if p != self.party_id)
+        self.material = store.MaterialStore()
+
+    @classmethod
+    def check_party_count(cls, n: int) -> None:
+        """Refuse a party count the scheme cannot run on, before any party starts."""
+        low, high = cls.min_parties, cls.max_parties
+        if low <= n and (high is None or n <= high):
+            return
+        if low == high:
+            raise ConfigError(f"{cls.name} runs on exactly {low} parties, not {n}")
+        if high is None:
+            raise ConfigError(f"{cls.name} needs at least {low} parties, not {n}")
+        raise ConfigError(f"{cls.name} runs on {low} to {high} parties, not {n}")
 
     # -- preprocessing -------------------------------------------------------------------
+    @classmethod
+    def planner(cls, n_parties: int) -> Planner:
+        """The stand-in that dry-runs a program on shapes and lists the preprocessing this
+        scheme will take (schemes whose requests depend on more than shapes override it)."""
+        from protocols.clear import Planner
+
+        return Planner(n_parties)
+
+    @classmethod
+    def serve_dealer(cls, runtime: Runtime, plan: list[Request]) -> None:
+        """The dealer's offline phase for this scheme: deal `plan` to the compute parties
+        (seed-compressed, `protocols.preprocessing.store`). Only for `needs_dealer`."""
+        if not cls.needs_dealer:
+            raise ConfigError(f"{cls.name} has no dealer")
+        n = runtime.n_parties
+        prgs = [runtime.pair_prg(p, "dealer") for p in range(n)]
+        store.serve(plan, prgs, runtime.channel, last_party=n - 1)
+
     def preprocess(self, plan: list[Request]) -> None:  # noqa: B027 - optional hook
         """Offline phase: obtain the material `plan` lists (default: none needed)."""
 
@@ -102,7 +164,7 @@ class Protocol(ABC):
         """Shares of (op(x, y) + bias) / 2^frac_bits: a linear layer with its one truncation.
         Schemes that can fuse the product's round with the truncation's override this."""
         z = self.bilinear(x, y, op)
-        return self.trunc(z if bias is None else z + bias, frac_bits)
+        return self.trunc(z if bias is None else self.add(z, bias), frac_bits)
 
     @abstractmethod
     def ltz(self, x: np.ndarray) -> np.ndarray:
@@ -111,6 +173,31 @@ class Protocol(ABC):
     @abstractmethod
     def relu(self, x: np.ndarray) -> np.ndarray:
         """Shares of max(x, 0)."""
+
+    # -- values from and to endpoints outside the computation (client, model owner) -------
+    # The defaults are the passive method of `protocols.external` (privacy only); the active
+    # schemes override all four so that no deviating compute party changes what goes in or
+    # comes out undetected.
+    def input_external(self, source: int, shape: tuple[int, ...]) -> np.ndarray:
+        """Shares of a value held by endpoint `source`, which is not a compute party."""
+        return external.input_pieces(self, source, tuple(shape))
+
+    def reveal_external(self, x: np.ndarray, target: int) -> None:
+        """Open `x` to endpoint `target`, which is not a compute party; nobody else learns it."""
+        external.reveal_masked(self, x, target)
+
+    @classmethod
+    def give_external(cls, channel: Channel, ends: external.Endpoints,
+                      value: np.ndarray) -> None:
+        """The source's side of `input_external` (run by the client or the model owner)."""
+        external.give_pieces(channel, ends, value)
+
+    @classmethod
+    def take_external(cls, channel: Channel, ends: external.Endpoints,
+                      shape: tuple[int, ...]) -> np.ndarray:
+        """The target's side of `reveal_external`: the value, or an error naming the party
+        that sent something else (never a value a deviating party chose)."""
+        return external.take_masked(channel, ends, tuple(shape))
 
     # -- helpers -------------------------------------------------------------------------
     def plays(self, party: int) -> bool:

@@ -75,6 +75,12 @@ class Planner(Clear):
         self.plan.append(Request("triple", x.shape[1:], y.shape[1:], op=op))
         return np.zeros((1, *op.out_shape(x.shape[1:], y.shape[1:])), dtype=np.uint64)
 
+    def input_external(self, source: int, shape: tuple[int, ...]) -> np.ndarray:
+        return np.zeros((1, *shape), dtype=np.uint64)
+
+    def reveal_external(self, x: np.ndarray, target: int) -> None:
+        """Nothing to plan: the passive method takes no material."""
+
     def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
         self.plan.append(Request("trunc", x.shape[1:], frac_bits=frac_bits))
         return x

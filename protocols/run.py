@@ -20,22 +20,11 @@ from mpc.errors import ProtocolError
 from mpc.launch import run_processes, run_threads
 from mpc.net.channel import Traffic
 from mpc.runtime import RunConfig, Runtime
+from protocols import registry
 from protocols.base import Protocol
 from protocols.blocks import bitslice
-from protocols.clear import Planner
-from protocols.preprocessing import store
 from protocols.preprocessing.correlations import Request
-from protocols.schemes.additive import Additive
-from protocols.schemes.rep4 import Rep4
-from protocols.schemes.replicated import Replicated
-from protocols.schemes.replicated_mac import ReplicatedMac
-from protocols.schemes.spdz2k import Spdz2k
-
-SCHEMES: dict[str, type[Protocol]] = {"additive": Additive, "replicated": Replicated,
-                                      "rep4": Rep4, "spdz2k": Spdz2k,
-                                      "replicated_mac": ReplicatedMac}
-DEFAULT_PARTIES = {"additive": 2, "replicated": 3, "rep4": 4, "spdz2k": 2,
-                   "replicated_mac": 3}
+from protocols.registry import Scheme
 
 Program = Callable[[Protocol], Any]
 #: Called with each endpoint's runtime before its role starts (tests install faults with it).
@@ -56,11 +45,10 @@ class PartyReport:
     setup_seconds: float = 0.0
 
 
-def plan_of(program: Program, n_parties: int, planner: type[Planner] = Planner
-            ) -> list[Request]:
-    """The preprocessing `program` needs (setup and online phases), from a dry run (with the
-    scheme's own planner if it records more, as spdz2k's records inputs and reveals)."""
-    planner = planner(n_parties)
+def plan_of(program: Program, n_parties: int, scheme: str | Scheme) -> list[Request]:
+    """The preprocessing `program` needs (setup and online phases) under `scheme`, from a
+    dry run on the scheme's planner."""
+    planner = registry.get(scheme).protocol.planner(n_parties)
     dry_run = copy.deepcopy(program)  # the dry run must not leave state in the real program
     if hasattr(dry_run, "setup"):
         dry_run.setup(planner)
@@ -68,7 +56,7 @@ def plan_of(program: Program, n_parties: int, planner: type[Planner] = Planner
     return planner.plan
 
 
-def party_role(runtime: Runtime, scheme: str, program: Program,
+def party_role(runtime: Runtime, scheme: Scheme, program: Program,
                plan: list[Request], hook: Hook | None = None) -> PartyReport:
     # ring arithmetic wraps mod 2^64 by design; numpy would warn when a 0-d operand makes
     # it compute on scalars
@@ -76,11 +64,11 @@ def party_role(runtime: Runtime, scheme: str, program: Program,
         return _party_role(runtime, scheme, program, plan, hook)
 
 
-def _party_role(runtime: Runtime, scheme: str, program: Program,
+def _party_role(runtime: Runtime, scheme: Scheme, program: Program,
                 plan: list[Request], hook: Hook | None = None) -> PartyReport:
     if hook is not None:
         hook(runtime)
-    protocol = SCHEMES[scheme](runtime)
+    protocol = scheme.protocol(runtime)
     channel = runtime.channel
     bitslice.slice_bits(np.zeros(64, dtype=np.uint64))  # load the kernel before timing
     start = time.perf_counter()
@@ -94,10 +82,12 @@ def _party_role(runtime: Runtime, scheme: str, program: Program,
         # setup early would count its wait for the others as online time
         peers = [p for p in range(runtime.n_parties) if p != runtime.party_id]
         with channel.stage("setup"):
-            ready = channel.exchange(dict.fromkeys(peers, np.ones(1, dtype=np.uint8)))
+            done = np.ones(1, dtype=np.uint8)
+            ready = channel.exchange(dict.fromkeys(peers, done), expect=done,
+                                     what="as its end-of-setup message")
         for peer, message in ready.items():
-            if message.dtype != np.uint8 or message.shape != (1,) or message[0] != 1:
-                raise ProtocolError(f"party {peer} sent {message!r} as its end-of-setup "
+            if message[0] != 1:
+                raise ProtocolError(f"{channel.who(peer)} sent {message!r} as its end-of-setup "
                                     "message, expected [1]")
     setup = channel.traffic - offline
     after_setup = channel.traffic.copy()
@@ -109,23 +99,19 @@ def _party_role(runtime: Runtime, scheme: str, program: Program,
                        middle - start, end - online_start, setup, online_start - middle)
 
 
-def dealer_role(runtime: Runtime, plan: list[Request], hook: Hook | None = None,
-                scheme: str | None = None) -> PartyReport:
+def dealer_role(runtime: Runtime, scheme: Scheme, plan: list[Request],
+                hook: Hook | None = None) -> PartyReport:
+    """The dealer endpoint: serve `plan` the way `scheme` deals it, then report its cost."""
     if hook is not None:
         hook(runtime)
     start = time.perf_counter()
-    n = runtime.n_parties
-    own_dealer = getattr(SCHEMES.get(scheme), "serve_dealer", None)  # e.g. spdz2k's MACs
-    if own_dealer is not None:
-        own_dealer(runtime, plan)
-    else:
-        prgs = [runtime.pair_prg(p, "dealer") for p in range(n)]
-        store.serve(plan, prgs, runtime.channel, last_party=n - 1)
+    scheme.protocol.serve_dealer(runtime, plan)
     return PartyReport(runtime.party_id, None, runtime.channel.traffic.copy(), Traffic(),
                        time.perf_counter() - start, 0.0)
 
 
-def run(scheme: str, program: Program | Sequence[Program], n_parties: int | None = None,
+def run(scheme: str | Scheme, program: Program | Sequence[Program],
+        n_parties: int | None = None,
         transport: str = "threads", timeout: float = 60.0,
         hook: Hook | None = None, route: Callable[[dict], dict] | None = None
         ) -> list[PartyReport]:
@@ -137,20 +123,18 @@ def run(scheme: str, program: Program | Sequence[Program], n_parties: int | None
     `hook`, if given, is called with every endpoint's runtime before its role starts
     (`protocols.testing.tamper` corrupts a party's messages this way); it must pickle for "tcp".
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; choose from {sorted(SCHEMES)}")
-    n = n_parties or DEFAULT_PARTIES[scheme]
+    scheme = registry.get(scheme)
+    n = scheme.party_count(n_parties)
     programs = list(program) if isinstance(program, Sequence) else [
         copy.deepcopy(program) for _ in range(n)]  # parties keep their own state
     if len(programs) != n:
         raise ValueError(f"{len(programs)} programs for {n} parties")
-    cls = SCHEMES[scheme]
-    plan = plan_of(programs[0], n, getattr(cls, "planner", Planner))
-    config = RunConfig(n_parties=n, timeout=timeout, dealer=cls.needs_dealer)
+    plan = plan_of(programs[0], n, scheme)
+    config = RunConfig(n_parties=n, timeout=timeout, dealer=scheme.dealer)
     roles: list = [functools.partial(party_role, scheme=scheme, program=programs[p], plan=plan,
                                      hook=hook) for p in range(n)]
-    if cls.needs_dealer:
-        roles.append(functools.partial(dealer_role, plan=plan, hook=hook, scheme=scheme))
+    if scheme.dealer:
+        roles.append(functools.partial(dealer_role, scheme=scheme, plan=plan, hook=hook))
     if transport == "threads":
         return run_threads(roles, config)
     if transport == "tcp":

@@ -33,6 +33,17 @@ class SecretTensor:
         """Share `value` held by party `owner`; the others pass None and the shape."""
         return cls(protocol, protocol.input(value, owner, tuple(shape)))
 
+    @classmethod
+    def input_external(cls, protocol: Protocol, source: int, shape: Iterable[int]
+                       ) -> SecretTensor:
+        """Share a value held by endpoint `source` outside the compute parties (a client or a
+        model owner), with the scheme's integrity guarantees for such values."""
+        return cls(protocol, protocol.input_external(source, tuple(shape)))
+
+    def reveal_external(self, target: int) -> None:
+        """Open to endpoint `target` outside the compute parties; nobody else learns it."""
+        self.protocol.reveal_external(self.share, target)
+
     def reveal(self, to: int | Iterable[int]) -> np.ndarray | None:
         """Open to the named parties only; the others get None."""
         targets = (to,) if isinstance(to, int) else tuple(to)

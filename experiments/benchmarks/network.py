@@ -1,6 +1,6 @@
 """Benchmark section: the reference CNN end to end, against the plaintext model.
 
-Feature maps of 3.5 s clips (1 x 40 x 350), the reference CNN of ARCHITECTURE.md with seeded
+Feature maps of 3.5 s clips (1 x 40 x 350), the reference CNN of docs/architecture.md with seeded
 random weights (the bundled trained model has the same shapes, so the same cost), at batch
 1, 8 and 32. Plaintext torch and the fixed-point emulator are timed in the same run. A
 per-layer profile of the 3PC passive scheme over TCP splits each layer's time into local
@@ -19,15 +19,7 @@ from experiments.models import reference_cnn
 from nn.emulator import emulate
 from nn.importer import from_torch
 from nn.inference import Classification, classify
-from protocols.run import DEFAULT_PARTIES, SCHEMES
-
-ORDER = ["replicated", "additive", "rep4", "spdz2k", "replicated_mac"]
-# spdz2k's 2-party comparisons use DCF keys (about 3 KB of dealer material per compared
-# element, sent to both parties); replicated_mac takes ~3 s of CPU a clip, so a batch of 32
-# would hold the benchmark for minutes. Batch 1 only.
-MAX_BATCH = {"spdz2k": 1, "replicated_mac": 1}
-#: The comparison path a scheme takes at its default party count, named in the table.
-PATH = {"spdz2k": "DCF comparisons"}
+from protocols.registry import SCHEMES
 
 #: Issue 11's targets: online seconds per clip at batch 1 over TCP+TLS.
 TARGETS = {"replicated": 0.1, "additive": 0.15, "rep4": 0.3, "replicated_mac": 1.0,
@@ -74,10 +66,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _schemes() -> list[str]:
-    return [s for s in ORDER if s in SCHEMES] + [s for s in SCHEMES if s not in ORDER]
-
-
 def _profile(result: Classification) -> str:
     rows = []
     for layer in result.layers:
@@ -110,13 +98,14 @@ def run(quick: bool) -> str:
             torch_s = median_seconds(lambda tx=tx: module(tx), repeats=10, warmup=2)
             torch_labels = module(tx).argmax(axis=1).numpy()
         emu_s = median_seconds(lambda x=x: emulate(model, x), repeats=3)
-        for scheme in _schemes():
-            if batch > MAX_BATCH.get(scheme, batch):
+        for entry in SCHEMES.values():
+            # the registry caps the batch of schemes whose batches take minutes or GBs
+            if entry.max_bench_batch is not None and batch > entry.max_bench_batch:
                 continue
-            n = DEFAULT_PARTIES[scheme]
+            scheme, n = entry.name, entry.parties
             for transport in ("threads", "tcp"):
                 online, offline, setup, result = [], [], [], None
-                for _ in range(repeats if scheme not in MAX_BATCH else 1):  # minutes each
+                for _ in range(repeats if entry.max_bench_batch is None else 1):
                     result = classify(model, x, scheme=scheme, n_parties=n,
                                       transport=transport, timeout=600)
                     online.append(result.online_seconds)
@@ -127,7 +116,7 @@ def run(quick: bool) -> str:
                 on = statistics.median(online)
                 measured[(scheme, transport, batch)] = (on, result.online_rounds, 0.0)
                 agree = float(np.mean(result.labels == torch_labels))
-                path = f", {PATH[scheme]}" if scheme in PATH else ""
+                path = f", {entry.comparison}" if entry.comparison else ""
                 rows.append([batch, f"{scheme} ({n}P{path})", transport,
                              f"{on / batch * 1e3:.1f}", f"{min(online) / batch * 1e3:.1f}",
                              f"{statistics.median(offline) / batch * 1e3:.1f}",

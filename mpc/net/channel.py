@@ -1,23 +1,43 @@
 """The `Channel`: how a party exchanges numpy arrays with its peers, and what it counts.
 
 Protocol code sees only this interface. A transport (in-process queues or TCP+TLS) supplies
-`_send_frame` and `_recv_array`; framing, counters, step labels and error messages are here,
-so both transports behave the same.
+`_send_frame` and `_recv_array`; framing, counters, step labels, the checks of what peers
+send (`expect=`) and error messages are here, so both transports behave the same. Errors
+name endpoints by role ("party 1", "the dealer", "the client"), from `names`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mpc.errors import PeerLost, ProtocolError
 from mpc.net import framing
+from mpc.net.expect import BYTES, Expect, describe
 
 DEFAULT_TIMEOUT = 60.0
+
+#: What a received array must be: an `Expect`, or a template array of the same dtype and shape.
+Spec = Expect | np.ndarray
+
+
+def role_name(names: Mapping[int, str], endpoint: int) -> str:
+    """The role of `endpoint` ("party 0", "dealer", "client", ...); "party i" by default."""
+    return names.get(endpoint, f"party {endpoint}")
+
+
+def subject(names: Mapping[int, str], endpoint: int) -> str:
+    """The role as the subject of a sentence: "party 1 sent ...", "the dealer sent ..."."""
+    name = role_name(names, endpoint)
+    return name if name.startswith("party ") else f"the {name}"
+
+
+def _as_expect(spec: Spec) -> Expect:
+    return spec if isinstance(spec, Expect) else Expect.like(spec)
 
 
 @dataclass
@@ -52,6 +72,7 @@ class Channel:
     timeout: float = DEFAULT_TIMEOUT
     traffic: Traffic = field(default_factory=Traffic)
     step: str = "start-up"
+    names: Mapping[int, str] = field(default_factory=dict)  # endpoint id -> role name
 
     def __post_init__(self) -> None:
         self._send_seq = dict.fromkeys(self.peers, 0)
@@ -71,18 +92,38 @@ class Channel:
     # -- public interface --------------------------------------------------------------
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Label the messages of a block (named in timeout and loss errors)."""
+        """Label the messages of a block (named in timeout, loss and mismatch errors)."""
         previous, self.step = self.step, name
         try:
             yield
         finally:
             self.step = previous
 
+    def role(self, endpoint: int) -> str:
+        """`endpoint`'s role name, for messages: "party 0", "dealer", "client", ..."""
+        return role_name(self.names, endpoint)
+
+    def who(self, endpoint: int) -> str:
+        """`endpoint`'s role as a sentence subject: "party 1", "the dealer", ..."""
+        return subject(self.names, endpoint)
+
     def _check_peer(self, peer: int) -> None:
         if self._closed:
-            raise PeerLost(f"party {self.party_id}: channel already closed")
+            raise PeerLost(f"{self.role(self.party_id)}: channel already closed")
         if peer not in self._send_seq:
-            raise ProtocolError(f"party {self.party_id} has no link to party {peer}")
+            raise ProtocolError(f"{self.role(self.party_id)} has no link to {self.role(peer)}")
+
+    def _check(self, peer: int, array: np.ndarray, spec: Spec | None, what: str) -> np.ndarray:
+        """`array` if it is what `spec` says; a ProtocolError naming the peer otherwise."""
+        if spec is None:
+            return array
+        expect = _as_expect(spec)
+        if not expect.matches(array):
+            detail = f" {what}" if what else ""
+            raise ProtocolError(f"{self.role(self.party_id)}: {self.who(peer)} sent "
+                                f"{describe(array)}{detail} at step '{self.step}', "
+                                f"expected {expect}")
+        return array
 
     def _send(self, peer: int, array: np.ndarray) -> None:
         self._check_peer(peer)
@@ -108,34 +149,52 @@ class Channel:
         self._send(peer, array)
         self.traffic.rounds += 1
 
-    def recv(self, peer: int) -> np.ndarray:
-        """Receive the next array from `peer` as a round of its own."""
-        array = self._recv(peer)
+    def recv(self, peer: int, *, expect: Spec | None = None, what: str = "") -> np.ndarray:
+        """Receive the next array from `peer` as a round of its own.
+
+        With `expect` (an `Expect`, or a template array) anything else is a ProtocolError
+        naming the peer, `what` it was (e.g. "as its input") and the step."""
+        array = self._check(peer, self._recv(peer), expect, what)
         self.traffic.rounds += 1
         return array
 
     def exchange(self, outgoing: dict[int, np.ndarray],
-                 receive_from: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+                 receive_from: Iterable[int] | None = None, *,
+                 expect: Spec | Mapping[int, Spec] | None = None,
+                 what: str = "") -> dict[int, np.ndarray]:
         """One communication round: send every array in `outgoing`, then receive one array
-        from each peer in `receive_from` (by default the peers sent to)."""
+        from each peer in `receive_from` (by default the peers sent to).
+
+        `expect` checks every received array as `recv` does: one spec (or template) for all
+        peers, or one per peer (a mapping that covers every peer received from)."""
         sources = tuple(outgoing) if receive_from is None else tuple(receive_from)
+        specs = self._specs(sources, expect)
         for peer, array in outgoing.items():
             self._send(peer, array)
-        received = {peer: self._recv(peer) for peer in sources}
+        received = {peer: self._check(peer, self._recv(peer), specs[peer], what)
+                    for peer in sources}
         if outgoing or sources:
             self.traffic.rounds += 1
         return received
+
+    @staticmethod
+    def _specs(sources: tuple[int, ...], expect: Spec | Mapping[int, Spec] | None
+               ) -> dict[int, Expect | None]:
+        """The expectation of each peer received from, checked before anything is sent."""
+        if not isinstance(expect, Mapping):
+            return dict.fromkeys(sources, None if expect is None else _as_expect(expect))
+        missing = [p for p in sources if p not in expect]
+        if missing:
+            raise ValueError(f"no expectation for what endpoint {missing[0]} sends")
+        return {p: _as_expect(expect[p]) for p in sources}
 
     def send_bytes(self, peer: int, data: bytes) -> None:
         """Send raw bytes (control messages, keys) as a uint8 array."""
         self.send(peer, np.frombuffer(data, dtype=np.uint8))
 
-    def recv_bytes(self, peer: int) -> bytes:
-        array = self.recv(peer)
-        if array.dtype != np.uint8 or array.ndim != 1:
-            raise ProtocolError(f"party {peer} sent {array.dtype}{array.shape} where bytes "
-                                f"were expected (step {self.step})")
-        return array.tobytes()
+    def recv_bytes(self, peer: int, *, what: str = "") -> bytes:
+        """Receive raw bytes: a flat uint8 array of any length."""
+        return self.recv(peer, expect=BYTES, what=what).tobytes()
 
     def close(self) -> None:
         """Close every link; peers waiting on this party get `PeerLost`."""

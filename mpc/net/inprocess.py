@@ -7,6 +7,7 @@ this transport exists for tests and single-machine runs without sockets.
 from __future__ import annotations
 
 import queue
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,9 +30,12 @@ class InProcessNetwork:
         self.queues = {(a, b): queue.SimpleQueue()
                        for a in range(self.n) for b in range(self.n) if a != b}
 
-    def channel(self, party_id: int, timeout: float = DEFAULT_TIMEOUT) -> InProcessChannel:
+    def channel(self, party_id: int, timeout: float = DEFAULT_TIMEOUT,
+                names: Mapping[int, str] | None = None) -> InProcessChannel:
+        """Endpoint `party_id`'s channel; `names` maps endpoints to role names."""
         peers = tuple(p for p in range(self.n) if p != party_id)
-        return InProcessChannel(party_id=party_id, peers=peers, timeout=timeout, network=self)
+        return InProcessChannel(party_id=party_id, peers=peers, timeout=timeout,
+                                names=dict(names or {}), network=self)
 
 
 @dataclass
@@ -45,10 +49,10 @@ class InProcessChannel(Channel):
         try:
             frame = self.network.queues[(peer, self.party_id)].get(timeout=self.timeout)
         except queue.Empty:
-            raise PeerTimeout(f"party {self.party_id}: party {peer} sent nothing for "
+            raise PeerTimeout(f"{self.role(self.party_id)}: {self.who(peer)} sent nothing for "
                               f"{self.timeout:g} s (step {self.step})") from None
         if frame is _CLOSED:
-            raise PeerLost(f"party {self.party_id}: party {peer} closed its link "
+            raise PeerLost(f"{self.role(self.party_id)}: {self.who(peer)} closed its link "
                            f"(step {self.step})")
         return framing.decode(frame, expected_sequence)
 

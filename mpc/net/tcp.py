@@ -15,22 +15,19 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpc.errors import ConfigError, PeerLost, PeerTimeout, ProtocolError, SottovoceError
+from mpc.errors import AuthenticationError, ConfigError, PeerLost, PeerTimeout, ProtocolError
 from mpc.net import framing
 from mpc.net.certs import TlsFiles, party_name
-from mpc.net.channel import DEFAULT_TIMEOUT, Channel
+from mpc.net.channel import DEFAULT_TIMEOUT, Channel, role_name, subject
 
 Address = tuple[str, int]
 _RETRY_SECONDS = 0.05
 _DRAIN_SECONDS = 0.02
-
-
-class AuthenticationError(SottovoceError):
-    """A peer's TLS certificate is not from the project CA or names another party."""
 
 
 def _contexts(tls: TlsFiles) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -179,16 +176,17 @@ class TcpChannel(Channel):
                 n = sock.recv_into(reader.target())
                 if n == 0:
                     where = " mid-message" if reader.mid_frame else ""
-                    self._failure[peer] = PeerLost(f"party {peer} closed its connection{where}")
+                    self._failure[peer] = PeerLost(f"{self.who(peer)} closed its "
+                                                   f"connection{where}")
                     return progressed
                 reader.advance(n)
                 progressed = True
         except _WOULD_BLOCK:
             return progressed
         except ProtocolError as exc:
-            self._failure[peer] = ProtocolError(f"party {peer} sent a bad frame: {exc}")
+            self._failure[peer] = ProtocolError(f"{self.who(peer)} sent a bad frame: {exc}")
         except (OSError, ssl.SSLError) as exc:
-            self._failure[peer] = PeerLost(f"connection to party {peer} broke: {exc}")
+            self._failure[peer] = PeerLost(f"connection to {self.role(peer)} broke: {exc}")
         return progressed
 
     def _wait(self, readable: list[ssl.SSLSocket], writable: list[ssl.SSLSocket],
@@ -213,9 +211,10 @@ class TcpChannel(Channel):
                 continue
             if peer in self._failure:
                 failure = self._failure[peer]
-                raise type(failure)(f"party {self.party_id}: {failure} (step {self.step})")
+                raise type(failure)(f"{self.role(self.party_id)}: {failure} "
+                                    f"(step {self.step})")
             if time.monotonic() >= deadline:
-                raise PeerTimeout(f"party {self.party_id}: party {peer} sent nothing for "
+                raise PeerTimeout(f"{self.role(self.party_id)}: {self.who(peer)} sent nothing for "
                                   f"{self.timeout:g} s (step {self.step})")
             if not self._wait([self.incoming[peer]], [],
                               min(deadline, time.monotonic() + _DRAIN_SECONDS)):
@@ -244,15 +243,15 @@ class TcpChannel(Channel):
                 except _WOULD_BLOCK:
                     pass
                 except (OSError, ssl.SSLError) as exc:
-                    raise PeerLost(f"party {self.party_id}: sending to party {peer} failed: "
-                                   f"{exc} (step {self.step})") from None
+                    raise PeerLost(f"{self.role(self.party_id)}: sending to {self.role(peer)} "
+                                   f"failed: {exc} (step {self.step})") from None
                 # the peer's buffers are full: drain our own incoming links meanwhile, so a
                 # peer blocked writing to us can go on and read what we send
                 if any([self._read_available(p) for p in self.incoming]):
                     continue
                 if time.monotonic() >= deadline:
-                    raise PeerTimeout(f"party {self.party_id}: party {peer} accepted no data "
-                                      f"for {self.timeout:g} s (step {self.step})")
+                    raise PeerTimeout(f"{self.role(self.party_id)}: {self.who(peer)} accepted "
+                                      f"no data for {self.timeout:g} s (step {self.step})")
                 self._wait(list(self.incoming.values()) + [sock] * want_read, [sock], deadline)
 
     def _close_links(self) -> None:
@@ -303,7 +302,10 @@ def _accept_all(listener: socket.socket, server_ctx: ssl.SSLContext, expected: s
 
 
 def _dial(party_id: int, peer: int, address: Address, client_ctx: ssl.SSLContext,
-          deadline: float, timeout: float) -> ssl.SSLSocket:
+          deadline: float, timeout: float, names: Mapping[int, str] | None = None
+          ) -> ssl.SSLSocket:
+    names = names or {}
+    me, them = role_name(names, party_id), subject(names, peer)
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
@@ -319,7 +321,7 @@ def _dial(party_id: int, peer: int, address: Address, client_ctx: ssl.SSLContext
             if name != party_name(peer):
                 sock.close()
                 raise AuthenticationError(
-                    f"party {party_id}: the server at {address[0]}:{address[1]} presents "
+                    f"{me}: the server at {address[0]}:{address[1]} presents "
                     f"a certificate for {name!r}, expected {party_name(peer)!r}")
             _write_frame(sock, np.array([party_id], dtype=np.uint64), 0)
             ack = _read_frame(sock, 0, 64)
@@ -328,27 +330,30 @@ def _dial(party_id: int, peer: int, address: Address, client_ctx: ssl.SSLContext
         except ssl.SSLError as exc:
             raw.close()
             raise AuthenticationError(
-                f"party {party_id}: TLS with party {peer} at {address[0]}:{address[1]} "
+                f"{me}: TLS with {role_name(names, peer)} at {address[0]}:{address[1]} "
                 f"failed: {getattr(exc, 'verify_message', None) or exc.reason or exc}") from None
         except (OSError, ProtocolError, PeerLost) as exc:
             raw.close()
             raise AuthenticationError(
-                f"party {party_id}: party {peer} at {address[0]}:{address[1]} refused "
+                f"{me}: {them} at {address[0]}:{address[1]} refused "
                 f"this party's certificate or hello: {exc}") from None
         sock.settimeout(timeout)
         return sock
-    raise PeerTimeout(f"party {party_id}: could not reach party {peer} at "
+    raise PeerTimeout(f"{me}: could not reach {role_name(names, peer)} at "
                       f"{address[0]}:{address[1]} ({last_error})")
 
 
 def connect(party_id: int, addresses: dict[int, Address], tls: TlsFiles,
             listener: socket.socket | None = None, timeout: float = DEFAULT_TIMEOUT,
-            connect_timeout: float = 30.0) -> TcpChannel:
+            connect_timeout: float = 30.0, names: Mapping[int, str] | None = None
+            ) -> TcpChannel:
     """Connect `party_id` to every other party in `addresses` over mutual TLS.
 
-    Raises PeerTimeout naming the party, host and port of a peer that cannot be reached
-    within `connect_timeout`, and AuthenticationError for a wrong certificate.
+    Raises PeerTimeout naming the party (by its role in `names`, "party i" by default),
+    host and port of a peer that cannot be reached within `connect_timeout`, and
+    AuthenticationError for a wrong certificate.
     """
+    names = dict(names or {})
     if party_id not in addresses:
         raise ValueError(f"party {party_id} is not in the address list")
     peers = tuple(sorted(p for p in addresses if p != party_id))
@@ -367,13 +372,14 @@ def connect(party_id: int, addresses: dict[int, Address], tls: TlsFiles,
     try:
         for peer in peers:
             outgoing[peer] = _dial(party_id, peer, addresses[peer], client_ctx, deadline,
-                                   timeout)
+                                   timeout, names)
         acceptor.join(max(0.0, deadline - time.monotonic()) + 1.0)
         missing = [p for p in peers if p not in incoming]
         if missing:
             host, port = addresses[missing[0]]
             detail = f"; {problems[-1]}" if problems else ""
-            raise PeerTimeout(f"party {party_id}: party {missing[0]} ({host}:{port}) did not "
+            raise PeerTimeout(f"{role_name(names, party_id)}: {subject(names, missing[0])} "
+                              f"({host}:{port}) did not "
                               f"connect back within {connect_timeout:g} s{detail}")
     except BaseException:
         for sock in [*outgoing.values(), *incoming.values()]:
@@ -382,7 +388,7 @@ def connect(party_id: int, addresses: dict[int, Address], tls: TlsFiles,
     finally:
         if own_listener:
             listener.close()
-    channel = TcpChannel(party_id=party_id, peers=peers, timeout=timeout,
+    channel = TcpChannel(party_id=party_id, peers=peers, timeout=timeout, names=names,
                          outgoing=outgoing, incoming=incoming)
     channel.start()
     return channel

@@ -51,8 +51,8 @@ from collections.abc import Callable, Sequence
 import numba
 import numpy as np
 
-from mpc.errors import ProtocolError
 from mpc.net.channel import Channel
+from mpc.net.expect import Expect
 from mpc.prg import PRG
 from protocols.blocks import bitslice
 
@@ -191,8 +191,8 @@ class BinaryRep3:
             z ^= self.key_next.ring_elements(z.shape)
             outs.append(z)
         flat = np.concatenate([z.reshape(-1) for z in outs]) if outs else np.zeros(0, U64)
-        got = self.channel.exchange({self.prev: flat}, (self.next,))[self.next]
-        _check_words(got, flat.size, self.next, step)
+        got = self.channel.exchange({self.prev: flat}, (self.next,),
+                                    expect=Expect.uint64(flat.size), what=f"in {step}")[self.next]
         results, offset = [], 0
         for z in outs:
             results.append(np.stack([z, got[offset:offset + z.size].reshape(z.shape)]))
@@ -217,9 +217,9 @@ class BinaryRep3:
         """Open (2, m) to everyone: own component to the next party; the received one is
         vouched for with the next party, which holds it too."""
         self._compared = False
-        got = self.channel.exchange({self.next: np.ascontiguousarray(v[0])},
-                                    (self.prev,))[self.prev]
-        _check_words(got, v.shape[1], self.prev, step)
+        got = self.channel.exchange({self.next: np.ascontiguousarray(v[0])}, (self.prev,),
+                                    expect=Expect.uint64(v.shape[1]),
+                                    what=f"in {step}")[self.prev]
         self.vouch[self.next].update(got.tobytes())
         self.vouch[self.prev].update(np.ascontiguousarray(v[1]).tobytes())
         return v[0] ^ v[1] ^ got
@@ -240,12 +240,9 @@ class BinaryRep3:
         holders to the party lacking it, who compares (one round)."""
         own, nxt = self.key_own.random_bytes(16), self.key_next.random_bytes(16)
         got = self.channel.exchange(
-            {self.prev: np.frombuffer(nxt, np.uint8), self.next: np.frombuffer(own, np.uint8)})
+            {self.prev: np.frombuffer(nxt, np.uint8), self.next: np.frombuffer(own, np.uint8)},
+            expect=Expect.uint8(16), what=f"as a coin in {step}")
         a, b = got[self.next], got[self.prev]
-        for peer, value in ((self.next, a), (self.prev, b)):
-            if value.dtype != np.uint8 or value.shape != (16,):
-                raise ProtocolError(f"party {peer} sent {value.dtype}{value.shape} as a coin "
-                                    f"in {step}")
         if not np.array_equal(a, b):
             self._fail(f"{step}: parties {self.prev} and {self.next} sent different coins")
         parts = {self.party_id: own, self.next: nxt, self.prev: a.tobytes()}
@@ -367,12 +364,6 @@ def _must_be_zero(rows: np.ndarray, gates: np.ndarray, opened: np.ndarray, bucke
                 v ^= rho & sigma
             out[h, pairs + k] = v
     return out
-
-
-def _check_words(got: np.ndarray, size: int, peer: int, step: str) -> None:
-    if got.dtype != np.uint64 or got.shape != (size,):
-        raise ProtocolError(f"party {peer} sent {got.dtype}{got.shape} in {step}, "
-                            f"expected {size} words")
 
 
 # -- circuits ------------------------------------------------------------------------------

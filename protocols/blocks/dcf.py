@@ -43,7 +43,7 @@ a seed has 127 unpredictable bits), the words are pseudorandom to b level by lev
 hybrid argument of the EUROCRYPT 2021 paper, so a key is simulatable without alpha or beta.
 Root seeds come from the caller's AES-CTR `PRG`, never from numpy or os.urandom here.
 
-Layout. Payloads and outputs are limb-leading, as in `protocols.blocks.ring128_ops`: (2C, N) uint64,
+Layout. Payloads and outputs are limb-leading, as in `mpc.ring128`: (2C, N) uint64,
 rows 2j and 2j + 1 the low and high limb of component j. Seeds are (N, 2) uint64 (low word
 first, so the bytes are one AES block each). The correction words of a batch are one flat
 uint64 array of `correction_words(N, n_bits, 2C)` words (`Corrections.from_flat` views it
@@ -59,8 +59,8 @@ import numba
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from mpc import ring128 as r128
 from mpc.prg import PRG
-from protocols.blocks import ring128_ops as r128
 
 U64 = np.uint64
 ONE = U64(1)

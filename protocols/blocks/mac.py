@@ -28,10 +28,11 @@ import hashlib
 
 import numpy as np
 
-from mpc.errors import CheatingDetected, ProtocolError
+from mpc import ring128 as r128
+from mpc.errors import CheatingDetected
 from mpc.net.channel import Channel
+from mpc.net.expect import Expect
 from mpc.prg import PRG
-from protocols.blocks import ring128_ops as r128
 
 NONCE = 32
 DIGEST = 32
@@ -81,14 +82,9 @@ class MacChecker:
     # -- messaging helpers -----------------------------------------------------------------
     def _exchange(self, data: bytes, size: int) -> dict[int, bytes]:
         message = np.frombuffer(data, dtype=np.uint8)
-        received = self.channel.exchange(dict.fromkeys(self.peers, message))
-        out = {}
-        for peer, array in received.items():
-            if array.dtype != np.uint8 or array.shape != (size,):
-                raise ProtocolError(f"party {peer} sent {array.dtype}{array.shape} in the MAC "
-                                    f"check, expected {size} bytes")
-            out[peer] = array.tobytes()
-        return out
+        received = self.channel.exchange(dict.fromkeys(self.peers, message),
+                                         expect=Expect.uint8(size), what="in the MAC check")
+        return {peer: array.tobytes() for peer, array in received.items()}
 
     def _fresh_seed(self) -> tuple[bytes, bytes]:
         return self.private.random_bytes(32), self.private.random_bytes(NONCE)
@@ -130,12 +126,10 @@ class MacChecker:
             m_share = r128.add(m_share, r128.dot_public(macs, chi))
         y_share = r128.add(y_share, _shift64(mask[0:2]))
         m_share = r128.add(m_share, _shift64(mask[2:4]))
-        received = self.channel.exchange(dict.fromkeys(self.peers, y_share))
+        received = self.channel.exchange(dict.fromkeys(self.peers, y_share),
+                                         expect=Expect.uint64(2), what="in the MAC check")
         z = y_share
-        for peer, share in received.items():
-            if share.dtype != np.uint64 or share.shape != (2,):
-                raise ProtocolError(f"party {peer} sent {share.dtype}{share.shape} in the MAC "
-                                    "check, expected 2 words")
+        for share in received.values():
             z = r128.add(z, share)
         if z[0] != y[0]:
             raise CheatingDetected(f"{fail}: the combined opening is inconsistent mod 2^64")

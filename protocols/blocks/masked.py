@@ -1,5 +1,5 @@
 """Truncation, comparison and ReLU by masking and opening, among parties holding additive
-shares, with material from a dealer (PROTOCOLS.md, "Truncation" and "Comparison").
+shares, with material from a dealer (docs/protocols.md, "Truncation" and "Comparison").
 
 Every function takes the group's shares of a flat vector and its material, and returns
 the group's additive shares of the result. One round opens the masked value; comparison
@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpc.errors import ProtocolError
+from mpc.fixedpoint import MAX_VALUE_BITS
 from mpc.net.channel import Channel
+from mpc.ring import LOW63
 from protocols.blocks import bitslice
-from protocols.preprocessing.correlations import ARITH, BOOL, LOW_MASK, MSB, comparison_tree
+from protocols.preprocessing.correlations import ARITH, BOOL, MSB, comparison_tree
 
-ELL = 62  # values satisfy |x| < 2^62; y = x + 2^62 then lies in [0, 2^63)
 ONE = np.uint64(1)
 
 
@@ -41,15 +41,13 @@ class AdditiveGroup:
         flat = [np.ascontiguousarray(v, dtype=np.uint64).reshape(-1) for v, _ in values]
         message = np.concatenate(flat) if len(flat) > 1 else flat[0]
         peers = [p for p in self.members if p != self.me]
-        received = self.channel.exchange(dict.fromkeys(peers, message))
+        received = self.channel.exchange(dict.fromkeys(peers, message), expect=message,
+                                         what="in an opening")
         arith = np.concatenate([np.full(f.size, d == ARITH) for f, (_, d) in
                                 zip(flat, values, strict=True)]) if len(flat) > 1 else None
         total = message.copy()
         for peer in peers:
             other = received[peer]
-            if other.dtype != np.uint64 or other.shape != message.shape:
-                raise ProtocolError(f"party {peer} opened {other.dtype}{other.shape}, "
-                                    f"expected uint64{message.shape}")
             if arith is None:
                 total = total + other if values[0][1] == ARITH else total ^ other
             else:
@@ -67,7 +65,7 @@ class AdditiveGroup:
 
 def trunc_masked(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray]) -> np.ndarray:
     """This member's share of c = x + 2^62 + r, the value truncation opens."""
-    return x + group.const(np.uint64(1 << ELL)) + m["r"]
+    return x + group.const(np.uint64(1 << MAX_VALUE_BITS)) + m["r"]
 
 
 def trunc_finish(group: AdditiveGroup, c: np.ndarray, m: dict[str, np.ndarray],
@@ -75,9 +73,9 @@ def trunc_finish(group: AdditiveGroup, c: np.ndarray, m: dict[str, np.ndarray],
     """Shares of x >> f from the opened c (local): the carry out of y + r_low is
     c_msb ^ r_msb, and y >> f = (c_low >> f) - (r_low >> f) + 2^(63-f) * carry."""
     shift = np.uint64(f)
-    c_msb, c_low = c >> MSB, c & LOW_MASK
+    c_msb, c_low = c >> MSB, c & LOW63
     w = group.const(c_msb) + m["r_msb"] - np.uint64(2) * c_msb * m["r_msb"]
-    public = (c_low >> shift) - np.uint64(1 << (ELL - f))
+    public = (c_low >> shift) - np.uint64(1 << (MAX_VALUE_BITS - f))
     return group.const(public) - m["r_low_shifted"] + np.uint64(1 << (63 - f)) * w
 
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpc.prg import PRG
+from mpc.ring import LOW63
 from protocols.blocks import bitslice
 from protocols.ops import Conv2d, MatMul, Mul
 
 ARITH, BOOL = "arith", "bool"
 MSB = np.uint64(63)
-LOW_MASK = np.uint64((1 << 63) - 1)
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def _dependent_values(request: Request, v: dict[str, np.ndarray],
         return {"c": request.op(b, v["a"]) if request.side == "left" else request.op(v["a"], b)}
     if kind == "trunc":
         r = v["r"]
-        return {"r_msb": r >> MSB, "r_low_shifted": (r & LOW_MASK) >> np.uint64(request.frac_bits)}
+        return {"r_msb": r >> MSB, "r_low_shifted": (r & LOW63) >> np.uint64(request.frac_bits)}
     bits = bitslice.slice_bits(v["r"])
     rho = bitslice.unslice_bit(v["rho_bits"], request.size)
     out = {"r_bits": bits, "pair_products": bits[1:62:2] & bits[0:62:2],

@@ -190,6 +190,6 @@ def use_material_file(protocol: Protocol, path: str | os.PathLike,
                       plan: list[Request]) -> None:
     """Give a dealer-based protocol (e.g. `Additive`) its material from `path`, instead of
     the networked offline phase (`protocol.preprocess`)."""
-    if not protocol.needs_dealer or not hasattr(protocol, "material"):
+    if not protocol.needs_dealer:
         raise TypeError(f"the {protocol.name} scheme takes no dealer material")
     protocol.material = load_material(path, plan, protocol.party_id, protocol.n_parties)

@@ -26,26 +26,32 @@ message to the last party and as the only one to party 0. With more parties comp
 use the carry tree over 64 authenticated mask bits (`fields`), and no DCF words are sent.
 
 The plan comes from `Spdz2kPlanner`, which adds "input" and "reveal" requests (their masks)
-to what `protocols.clear.Planner` records.
+to what `protocols.clear.Planner` records. A KNOWN field may be known to an endpoint outside
+the computation (id >= the number of compute parties: the client or the model owner of a
+deployment, `Protocol.input_external` / `reveal_external`). The dealer shares no PRG with
+such an endpoint: it draws that endpoint's masks from a key of its own and sends their
+values (mod 2^64) to it, in plan order and before dealing anything else
+(`outside_endpoints`, `outside_masks`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from mpc import ring128 as r128
 from mpc.errors import PreprocessingError
 from mpc.net.channel import Channel
-from mpc.prg import PRG
-from protocols.blocks import dcf
-from protocols.blocks import ring128_ops as r128
+from mpc.net.expect import Expect
+from mpc.prg import KEY_BYTES, PRG
+from mpc.ring import LOW63
+from protocols.blocks import dcf, ring128_ops
 from protocols.clear import Planner
 from protocols.preprocessing.correlations import Request
 
 FREE, KNOWN, DEP = "free", "known", "dep"
-LOW63 = np.uint64((1 << 63) - 1)
 #: The 2-party comparison's DCF: inputs c mod 2^63, payload (beta, alpha_mac * beta).
 DCF_BITS = 63
 DCF_PAYLOAD_WORDS = 4
@@ -77,6 +83,23 @@ class Spdz2kPlanner(Planner):
         targets = self.check_reveal_targets(to)
         self.plan.append(Request("reveal", x.shape[1:], targets))
         return super().reveal(x, to)
+
+    def input_external(self, source: int, shape: tuple[int, ...]) -> np.ndarray:
+        """An input mask known to the outside endpoint `source` (see `Spdz2k.input_external`)."""
+        self.check_outside(source)
+        self.plan.append(Request("input", tuple(shape), (source,)))
+        return np.zeros((1, *shape), dtype=np.uint64)
+
+    def reveal_external(self, x: np.ndarray, target: int) -> None:
+        """An output mask known to the outside endpoint `target`, and the two MAC checks'
+        masks (see `Spdz2k.reveal_external`)."""
+        self.check_outside(target)
+        self.plan.append(Request("reveal", x.shape[1:], (target,)))
+
+    def check_outside(self, endpoint: int) -> None:
+        if endpoint < self.n_parties:
+            raise ValueError(f"endpoint {endpoint} is a compute party (0..{self.n_parties - 1}), "
+                             "not an endpoint outside the computation: use input / reveal")
 
 
 # -- the comparison circuit's shape (shared by the dealer and the online phase) -------------
@@ -140,7 +163,7 @@ def _derive(request: Request, name: str, values: dict[str, np.ndarray],
             private: PRG) -> np.ndarray:
     """The dealer's value of a dependent field (128-bit, (2, *shape))."""
     if request.kind == "triple":
-        return r128.bilinear(request.op, values["a"], values["b"])
+        return ring128_ops.bilinear(request.op, values["a"], values["b"])
     if name == "r_msb":  # trunc, and the 2-party comparisons
         return r128.lift(values["r"][0] >> np.uint64(63))
     if request.kind == "trunc":
@@ -177,10 +200,12 @@ def dcf_payload(r_low: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.concatenate([beta, r128.mul(alpha.reshape(2, 1), beta)])
 
 
-def deal_into(request: Request, prgs: list[PRG], known: list[PRG], alpha: np.ndarray,
+def deal_into(request: Request, prgs: list[PRG], known: Sequence[PRG] | Mapping[int, PRG],
+              alpha: np.ndarray,
               private: PRG, out: np.ndarray, common: np.ndarray | None = None) -> None:
     """The dealer's side for one request: write the last party's corrections into `out`
-    and, for a 2-party comparison, the DCF correction words into `common`."""
+    and, for a 2-party comparison, the DCF correction words into `common`. `known[e]` is
+    the PRG of the masks known to endpoint e (a compute party, or one outside)."""
     values: dict[str, np.ndarray] = {}
     offset = 0
 
@@ -219,13 +244,41 @@ def deal_into(request: Request, prgs: list[PRG], known: list[PRG], alpha: np.nda
                 out=common)
 
 
+def outside_endpoints(plan: list[Request], n_parties: int) -> list[int]:
+    """The endpoints outside the computation (ids >= n_parties) that own an input or get
+    an output in `plan`."""
+    return sorted({e for r in plan if r.kind in ("input", "reveal") for e in r.other
+                   if e >= n_parties})
+
+
+def outside_masks(plan: list[Request], n_parties: int, prgs: Mapping[int, PRG]
+                  ) -> Iterator[tuple[int, np.ndarray]]:
+    """(endpoint, mask mod 2^64) for every mask known to an outside endpoint, in plan order:
+    what the dealer sends it, drawn as `deal_into` draws them from `prgs[endpoint]` (fresh
+    copies of the same streams)."""
+    for request in plan:
+        for field in fields(request, n_parties):
+            if field.kind == KNOWN and field.known_to >= n_parties:
+                yield field.known_to, _draw(prgs[field.known_to], field)[0]
+
+
 def serve(plan: list[Request], prgs: list[PRG], known: list[PRG], private: PRG,
           channel: Channel, last_party: int) -> int:
-    """Dealer: draw alpha (in Z_2^64), deal the plan, send the last party its corrections
-    and, if the plan has 2-party comparisons, every party the DCF correction words.
+    """Dealer: draw alpha (in Z_2^64), send every outside endpoint its masks (in plan order,
+    first: they are small, and the client and the model owner can then go on while the rest
+    is dealt), deal the plan, send the last party its corrections and, if the plan has
+    2-party comparisons, every party the DCF correction words.
     Returns the number of words sent."""
     n_parties = len(prgs)
     alpha = r128.lift(private.ring_elements((1,)))[:, 0]
+    keys = {e: private.random_bytes(KEY_BYTES) for e in outside_endpoints(plan, n_parties)}
+    outside_words = 0
+    with channel.stage("masks for the outside endpoints"):
+        for endpoint, mask in outside_masks(plan, n_parties,
+                                            {e: PRG(k) for e, k in keys.items()}):
+            channel.send(endpoint, mask)
+            outside_words += mask.size
+    known = {**dict(enumerate(known)), **{e: PRG(k) for e, k in keys.items()}}
     sizes = [correction_words(r, n_parties) for r in plan]
     common_sizes = [common_words(r, n_parties) for r in plan]
     flat = np.empty(2 + sum(sizes), dtype=np.uint64)
@@ -250,7 +303,7 @@ def serve(plan: list[Request], prgs: list[PRG], known: list[PRG], private: PRG,
         for party in range(n_parties):
             if party != last_party:
                 channel.send(party, others)
-    return flat.size + common.size + (n_parties - 1) * others.size
+    return flat.size + common.size + (n_parties - 1) * others.size + outside_words
 
 
 class LazyStore:
@@ -321,24 +374,19 @@ def receive(plan: list[Request], prg: PRG, known: PRG, party: int, is_last: bool
             channel: Channel, dealer: int, n_parties: int) -> tuple[np.ndarray, LazyStore]:
     """Party side of the offline phase: this party's alpha share and its material store."""
     n_common = sum(common_words(r, n_parties) for r in plan)
+    dcf_words = Expect.uint64(n_common)
+    if is_last:
+        first = Expect.uint64(2 + sum(correction_words(r, n_parties) for r in plan))
+        what = "as the plan's corrections"
+    elif n_common:
+        first, what = dcf_words, "as DCF correction words"
+    else:  # the one-word message that ends the offline phase
+        first, what = Expect.uint64(1), "as its end-of-preprocessing message"
     with channel.stage("preprocessing"):
-        flat = channel.recv(dealer)
-        common = channel.recv(dealer) if is_last and n_common else None
+        flat = channel.recv(dealer, expect=first, what=what)
+        common = (channel.recv(dealer, expect=dcf_words, what="as DCF correction words")
+                  if is_last and n_common else None)
     if not is_last:
-        if n_common:
-            common = _checked(flat, n_common, "DCF correction words")
-        elif flat.dtype != np.uint64 or flat.shape != (1,):
-            raise PreprocessingError("the dealer's end-of-preprocessing message is malformed")
         return prg.ring_elements((2,)), LazyStore(plan, prg, known, party, None, n_parties,
-                                                  common)
-    flat = _checked(flat, 2 + sum(correction_words(r, n_parties) for r in plan), "corrections")
-    if n_common:
-        common = _checked(common, n_common, "DCF correction words")
+                                                  flat if n_common else None)
     return flat[:2].copy(), LazyStore(plan, prg, known, party, flat[2:], n_parties, common)
-
-
-def _checked(flat: np.ndarray, expected: int, what: str) -> np.ndarray:
-    if flat.dtype != np.uint64 or flat.ndim != 1 or flat.size != expected:
-        raise PreprocessingError(f"dealer sent {flat.dtype}{flat.shape} as {what}; the plan "
-                                 f"needs {expected} uint64 words")
-    return flat

@@ -13,6 +13,7 @@ import numpy as np
 
 from mpc.errors import PreprocessingError
 from mpc.net.channel import Channel
+from mpc.net.expect import Expect
 from mpc.prg import PRG
 from protocols.preprocessing.correlations import (
     Request,
@@ -69,12 +70,10 @@ def receive(plan: list[Request], prg: PRG, is_last: bool, channel: Channel,
     """Party side of the offline phase: expand own shares, take corrections if last."""
     store = MaterialStore()
     if is_last:
-        with channel.stage("preprocessing"):
-            flat = channel.recv(dealer)
         expected = sum(correction_words(r) for r in plan)
-        if flat.dtype != np.uint64 or flat.ndim != 1 or flat.size != expected:
-            raise PreprocessingError(f"dealer sent {flat.dtype}{flat.shape}; the plan needs "
-                                     f"{expected} uint64 words")
+        with channel.stage("preprocessing"):
+            flat = channel.recv(dealer, expect=Expect.uint64(expected),
+                                what="as the plan's corrections")
         for request, arrays in zip(plan, split_corrections(plan, flat), strict=True):
             store.add(request, expand(request, prg, True, _supplier(iter(arrays))))
     else:

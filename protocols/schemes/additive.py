@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from mpc.errors import ProtocolError
+from mpc.net.expect import Expect
 from mpc.runtime import Runtime
 from protocols.base import BilinearOp, MaskedPrimitives, Protocol
 from protocols.blocks import masked
@@ -24,20 +24,16 @@ class Additive(MaskedPrimitives, Protocol):
     name = "additive"
     components = 1
     needs_dealer = True
+    default_parties = 2
+    min_parties = 2
 
     def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.party_id = runtime.party_id
-        self.n_parties = runtime.n_parties
-        if self.n_parties < 2:
-            raise ValueError("additive sharing needs at least 2 parties")
-        self.channel = runtime.channel
-        self.others = tuple(p for p in range(self.n_parties) if p != self.party_id)
+        super().__init__(runtime)
         self.group = masked.AdditiveGroup(self.channel, tuple(range(self.n_parties)),
                                           self.party_id)
         self._input_prgs = {p: runtime.pair_prg(p, "additive/input") for p in self.others}
-        self.material = store.MaterialStore()
-        self._fixed: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]] = []
+        self._fixed = FixedOperands()
+        self._opened: list[tuple[np.ndarray, np.ndarray]] = []  # (b, d = W - b) per operand
 
     def preprocess(self, plan: list[Request]) -> None:
         dealer = self.runtime.dealer_id
@@ -57,60 +53,53 @@ class Additive(MaskedPrimitives, Protocol):
         targets = self.check_reveal_targets(to)
         outgoing = {t: x[0, ...] for t in targets if t != self.party_id}
         sources = self.others if self.party_id in targets else ()
-        received = self.channel.exchange(outgoing, sources)
+        received = self.channel.exchange(outgoing, sources, expect=Expect.uint64(x.shape[1:]),
+                                         what="in a reveal")
         if self.party_id not in targets:
             return None
         total = x[0, ...].copy()
-        for peer, share in received.items():
-            if share.shape != total.shape or share.dtype != np.uint64:
-                raise ProtocolError(f"party {peer} revealed {share.dtype}{share.shape}, "
-                                    f"expected uint64{total.shape}")
+        for share in received.values():
             total += share
         return total
 
     def add_public(self, x: np.ndarray, value: np.ndarray) -> np.ndarray:
         return x + value if self.party_id == 0 else x + np.zeros_like(value)
 
+    @classmethod
+    def planner(cls, n_parties: int) -> AdditivePlanner:
+        """The clear planner, asking for fixed-operand masks and triples as `bilinear` does."""
+        return AdditivePlanner(n_parties)
+
     def fix_operand(self, x: np.ndarray) -> None:
         """Open d = W - b once for an operand used in many products (the model's weights):
         later products with it open only their other operand, against triples that reuse
-        the same mask b with fresh a (PROTOCOLS.md, "Beaver"). W stays hidden behind b,
+        the same mask b with fresh a (docs/protocols.md, "Beaver"). W stays hidden behind b,
         which is never opened; each clip's input is hidden behind a fresh a."""
-        ref = len(self._fixed)
-        m = self.material.take(Request("mask", x.shape[1:], ref=ref))
+        m = self.material.take(self._fixed.declare(x))
         (d,) = self.group.open([(x[0, ...] - m["b"], ARITH)])
-        self._fixed.append((x, ref, m["b"], d))
-
-    def _fixed_of(self, x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
-        for array, ref, b, d in self._fixed:
-            if array is x:
-                return ref, b, d
-        return None
+        self._opened.append((m["b"], d))
 
     def bilinear(self, x: np.ndarray, y: np.ndarray, op: BilinearOp) -> np.ndarray:
-        for side, fixed, varying in (("right", y, x), ("left", x, y)):
-            found = self._fixed_of(fixed)
-            if found is None:
-                continue
-            ref, b, d = found
-            m = self.material.take(Request("fixed_triple", x.shape[1:], y.shape[1:], op=op,
-                                           ref=ref, side=side))
-            (e,) = self.group.open([(varying[0, ...] - m["a"], ARITH)])
-            a = m["a"]
-            if side == "right":  # op(e + a, d + b) = c + op(e, b) + op(a, d) + op(e, d)
-                z = m["c"] + op(e, b) + op(a, d)
-                if self.group.first:
-                    z += op(e, d)
-            else:  # op(d + b, e + a) = c + op(b, e) + op(d, a) + op(d, e)
-                z = m["c"] + op(b, e) + op(d, a)
-                if self.group.first:
-                    z += op(d, e)
+        request = self._fixed.request(x, y, op)
+        m = self.material.take(request)
+        if request.kind == "triple":
+            e, d = self.group.open([(x[0, ...] - m["a"], ARITH), (y[0, ...] - m["b"], ARITH)])
+            z = m["c"] + op(e, m["b"]) + op(m["a"], d)
+            if self.group.first:
+                z += op(e, d)
             return z[None]
-        m = self.material.take(Request("triple", x.shape[1:], y.shape[1:], op=op))
-        e, d = self.group.open([(x[0, ...] - m["a"], ARITH), (y[0, ...] - m["b"], ARITH)])
-        z = m["c"] + op(e, m["b"]) + op(m["a"], d)
-        if self.group.first:
-            z += op(e, d)
+        b, d = self._opened[request.ref]
+        a = m["a"]
+        varying = x if request.side == "right" else y
+        (e,) = self.group.open([(varying[0, ...] - a, ARITH)])
+        if request.side == "right":  # op(e + a, d + b) = c + op(e, b) + op(a, d) + op(e, d)
+            z = m["c"] + op(e, b) + op(a, d)
+            if self.group.first:
+                z += op(e, d)
+        else:  # op(d + b, e + a) = c + op(b, e) + op(d, a) + op(d, e)
+            z = m["c"] + op(b, e) + op(d, a)
+            if self.group.first:
+                z += op(d, e)
         return z[None]
 
     def _masked(self, kind: str, x: np.ndarray, **params: int) -> np.ndarray:
@@ -118,26 +107,39 @@ class Additive(MaskedPrimitives, Protocol):
         return masked.run(kind, self.group, x[0, ...], m, **params)[None]
 
 
+class FixedOperands:
+    """Operands declared fixed (the model's weights), known by identity, and the request a
+    product with them takes. The scheme and its planner both ask this object, so the plan
+    and the online phase cannot disagree on which material a product uses."""
+
+    def __init__(self) -> None:
+        self._arrays: list[np.ndarray] = []
+
+    def declare(self, x: np.ndarray) -> Request:
+        """Register `x` as fixed; the request for its mask."""
+        self._arrays.append(x)
+        return Request("mask", x.shape[1:], ref=len(self._arrays) - 1)
+
+    def request(self, x: np.ndarray, y: np.ndarray, op: BilinearOp) -> Request:
+        """A fixed-operand triple if x or y was declared (y first), else a plain triple."""
+        for side, operand in (("right", y), ("left", x)):
+            for ref, array in enumerate(self._arrays):
+                if array is operand:
+                    return Request("fixed_triple", x.shape[1:], y.shape[1:], op=op, ref=ref,
+                                   side=side)
+        return Request("triple", x.shape[1:], y.shape[1:], op=op)
+
+
 class AdditivePlanner(Planner):
-    """Plans the additive scheme's material, including masks of fixed operands."""
+    """The clear planner with the additive scheme's fixed-operand requests."""
 
     def __init__(self, n_parties: int = 1) -> None:
         super().__init__(n_parties)
-        self._fixed: list[np.ndarray] = []
+        self._fixed = FixedOperands()
 
     def fix_operand(self, x: np.ndarray) -> None:
-        self.plan.append(Request("mask", x.shape[1:], ref=len(self._fixed)))
-        self._fixed.append(x)
+        self.plan.append(self._fixed.declare(x))
 
     def bilinear(self, x: np.ndarray, y: np.ndarray, op: BilinearOp) -> np.ndarray:
-        for side, fixed in (("right", y), ("left", x)):
-            for ref, array in enumerate(self._fixed):
-                if array is fixed:
-                    self.plan.append(Request("fixed_triple", x.shape[1:], y.shape[1:], op=op,
-                                             ref=ref, side=side))
-                    return np.zeros((1, *op.out_shape(x.shape[1:], y.shape[1:])),
-                                    dtype=np.uint64)
-        return super().bilinear(x, y, op)
-
-
-Additive.planner = AdditivePlanner
+        self.plan.append(self._fixed.request(x, y, op))
+        return np.zeros((1, *op.out_shape(x.shape[1:], y.shape[1:])), dtype=np.uint64)

@@ -41,7 +41,7 @@ such masked values, so the cheater's view before the check stays independent of 
 secrets; the check runs before any reveal, and any error in a received value is caught by
 the honest one of its two sources (one corrupt party cannot be both sender and voucher).
 
-Truncation (2 online rounds; PROTOCOLS.md identity with r = r_low + 2^63 beta): P0, P1 know
+Truncation (2 online rounds; docs/protocols.md identity with r = r_low + 2^63 beta): P0, P1 know
 r_low (63 bits, pair key); beta is a random bit unknown to everyone (a daBit: beta = a xor
 b with a known to {P0, P1}, b to {P2, P3}, [beta] = [a] + [b] - 2[a][b], offline).
 Round 1: P0 and P1 both know u = y_2 + y_3 + r_low + 2^63 (beta_2 + beta_3) and jointly
@@ -59,6 +59,28 @@ carry. Round 9 opens msb xor rho (rho a daBit, offline) to everyone and
 [msb] = e + [rho] - 2 e [rho]. ReLU multiplies x by rho in round 1, so
 x * msb = e x + (1 - 2e) [x rho] is local and relu costs no extra round.
 
+Values from outside (`input_external`, `reveal_external`; the client and the model owner
+are endpoints, not parties). Input of x held by endpoint S: the parties make [r] for free,
+r_j expanded from a seed drawn from K_j, so the three holders of r_j have the same seed;
+each party sends S the seeds of the three components it holds (one round trip, 12 seeds of
+16 bytes in all). S refuses unless the three copies of each seed agree, so with one corrupt
+party S learns the true r; it sends c = x - r to every party, and [x] = [r] + c. Each party
+vouches for c to every other one through the accumulators, so a party that claims another
+c (or a source that sends different ones) fails the check that precedes every reveal.
+Output of y to endpoint T: the check first (1 round), then each party sends T its three
+components; T takes the three copies of each y_j, refuses unless they agree (naming the
+party whose copy differs) and adds them. After the check the honest holders of y_j agree,
+and one corrupt party holds no component alone, so all it can do is send a copy that
+differs, a choice it makes knowing every honest copy: T refuses or outputs y, whatever y
+is (no selective failure). T learns the components, as any party learns them in `reveal`;
+the deployment reveals argmax = sum_i i * wins_i with wins_1 a fresh product, whose
+components are uniform given their sum. This is the input/output pattern of outsourced
+MPC with redundant honest-majority sharing: Jakobsen, Nielsen, Orlandi, "A framework for
+outsourced secure computation" (CCSW 2014); Damgard, Damgard, Nielsen, Nordholt, Toft,
+"Confidential benchmarking based on multiparty computation" (FC 2016), with the
+cross-checked (every value from two or more parties) messages of Gordon, Ranellucci,
+Wang, "Secure computation with low communication from cross-checking" (ASIACRYPT 2018).
+
 Offline: 1 round for the triple keys, then 2 rounds for all the plan's daBits and
 truncation masks. Reveal: 1 round for the digests (skipped when nothing is unchecked),
 1 round for the value (from one holder) with its hash (from the other two).
@@ -73,22 +95,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpc.errors import CheatingDetected
+from mpc.errors import CheatingDetected, ConfigError
+from mpc.fixedpoint import MAX_VALUE_BITS
+from mpc.net.channel import Channel
+from mpc.net.expect import Expect
 from mpc.prg import KEY_BYTES, PRG
+from mpc.ring import LOW63
 from mpc.runtime import Runtime
-from protocols.base import BilinearOp, Protocol
+from protocols import external
+from protocols.base import BilinearOp, Protocol, as_ring
 from protocols.blocks import binary_rep3, bitslice
 from protocols.ops import Mul
 from protocols.preprocessing.correlations import Request
 
 N = 4
 ARITH, BOOL = "arith", "bool"
-ELL = 62  # trunc promise: |x| < 2^62, so y = x + 2^62 lies in [0, 2^63)
 PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 DIGEST_WORDS = 4
+SEED_WORDS = KEY_BYTES // 8  # a PRG seed as ring words
 ONE = np.uint64(1)
 TOP = np.uint64(63)
-LOW = np.uint64((1 << 63) - 1)
 MASKED_KINDS = ("trunc", "ltz", "relu")
 
 
@@ -160,15 +186,11 @@ class _Round:
 class Rep4(Protocol):
     name = "rep4"
     components = 3
+    default_parties = min_parties = max_parties = N
 
     def __init__(self, runtime: Runtime) -> None:
-        if runtime.n_parties != N:
-            raise ValueError(f"rep4 runs on exactly 4 parties, not {runtime.n_parties}")
-        self.runtime = runtime
-        self.party_id = runtime.party_id
-        self.n_parties = N
-        self.channel = runtime.channel
-        self.peers = tuple(p for p in range(N) if p != self.party_id)
+        super().__init__(runtime)
+        self.peers = self.others
         self._acc = {p: hashlib.sha256() for p in self.peers}
         self._acc_steps: dict[int, list[str]] = {p: [] for p in self.peers}
         self._unchecked = False
@@ -250,12 +272,9 @@ class Rep4(Protocol):
                     for v in item.vouchers:
                         expected[v] += DIGEST_WORDS
         messages = {p: np.concatenate(parts) for p, parts in outgoing.items()}
-        got = self.channel.exchange(messages, sorted(expected))
-        for peer, words in expected.items():
-            array = got[peer]
-            if array.dtype != np.uint64 or array.shape != (words,):
-                raise CheatingDetected(f"party {me}: party {peer} sent {array.dtype}"
-                                       f"{array.shape} in step '{step}', expected {words} words")
+        got = self.channel.exchange(messages, sorted(expected),
+                                    expect={p: Expect.uint64(w) for p, w in expected.items()},
+                                    what=f"in '{step}'")
         offsets: dict[int, int] = defaultdict(int)
         deferred = False
         for k, item in enumerate(rnd.items):
@@ -295,9 +314,8 @@ class Rep4(Protocol):
         me = self.party_id
         mine = {p: np.frombuffer(self._acc[p].digest(), dtype=np.uint64).copy()
                 for p in self.peers}
-        got = self.channel.exchange(mine)
-        bad = [p for p in self.peers
-               if got[p].dtype != np.uint64 or not np.array_equal(got[p], mine[p])]
+        got = self.channel.exchange(mine, expect=mine, what=f"in the check before {step}")
+        bad = [p for p in self.peers if not np.array_equal(got[p], mine[p])]
         steps = {p: list(self._acc_steps[p]) for p in bad}
         self._acc = {p: hashlib.sha256() for p in self.peers}
         self._acc_steps = {p: [] for p in self.peers}
@@ -427,7 +445,7 @@ class Rep4(Protocol):
                 r_low = self._pair_random((0, 1), n)
                 shifted = None
                 if r_low is not None:
-                    r_low &= LOW
+                    r_low &= LOW63
                     shifted = r_low >> np.uint64(request.frac_bits)
                 entry["r_low"] = r_low
                 entry["r_low_shifted"] = self._joint(rnd, shifted, (0, 1), ARITH, n)
@@ -510,7 +528,7 @@ class Rep4(Protocol):
 
     def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
         shape = x.shape[1:]
-        if not 0 <= frac_bits <= ELL:
+        if not 0 <= frac_bits <= MAX_VALUE_BITS:
             raise ValueError(f"cannot truncate by {frac_bits} bits")
         material = self._take(Request("trunc", shape, frac_bits=frac_bits))
         out = self._trunc(x.reshape(3, -1), frac_bits, material)
@@ -520,7 +538,7 @@ class Rep4(Protocol):
         me = self.party_id
         n = x.shape[1]
         shift = np.uint64(f)
-        y = self.add_public(x, np.uint64(1 << ELL))
+        y = self.add_public(x, np.uint64(1 << MAX_VALUE_BITS))
         beta = m["beta"]
         rnd = _Round()
         u = None
@@ -537,7 +555,7 @@ class Rep4(Protocol):
             c = rnd.get(to_2 if me == 2 else to_3) + self._comp(y, 0) + self._comp(y, 1) + high
             c_msb = c >> TOP
             packed = bitslice.pack_bits(c_msb)
-            public = ((c & LOW) >> shift) - np.uint64(1 << (ELL - f))
+            public = ((c & LOW63) >> shift) - np.uint64(1 << (MAX_VALUE_BITS - f))
         rnd = _Round()
         to_0 = rnd.add(2, (0,), 3, words, packed)
         to_1 = rnd.add(3, (1,), 2, words, packed)
@@ -592,3 +610,79 @@ class Rep4(Protocol):
         if not relu:
             return self.add_public(m["rho"] * flip, e)
         return x - (x * e + fin_xr() * flip)
+
+    # -- values from and to endpoints outside the computation (module notes) ----------------
+    def input_external(self, source: int, shape: tuple[int, ...]) -> np.ndarray:
+        """[r] + c: r from seeds drawn from the triple keys, which every party sends
+        `source` for the components it holds; c = x - r from `source`, vouched for to every
+        other party (compared at the check before the next reveal)."""
+        shape = tuple(shape)
+        size = int(np.prod(shape, dtype=np.int64))
+        seeds = {j: self._mask(j, SEED_WORDS) for j in range(N)}
+        held = [(self.party_id + 1 + c) % N for c in range(3)]
+        what = f"input from the {self.channel.role(source)}"
+        got = self.channel.exchange({source: np.concatenate([seeds[j] for j in held])},
+                                    (source,), expect=Expect.uint64(shape),
+                                    what=f"as the masked {what}")
+        masked = got[source]
+        digest = _digest(masked)
+        for peer in self.peers:
+            self._vouch(peer, digest, what)
+        self._unchecked = True
+        parts = {j: PRG(seeds[j].tobytes()).ring_elements(size) for j in held}
+        parts[self.party_id] = np.zeros(size, dtype=np.uint64)
+        return self.add_public(self._stack(parts).reshape(3, *shape), masked)
+
+    def reveal_external(self, x: np.ndarray, target: int) -> None:
+        """Check everything so far, then send `target` this party's three components."""
+        self._check(f"the output to the {self.channel.role(target)}")
+        self.channel.send(target, np.ascontiguousarray(x.reshape(3, -1)))
+
+    @classmethod
+    def give_external(cls, channel: Channel, ends: external.Endpoints,
+                      value: np.ndarray) -> None:
+        """Take the three copies of each mask seed, refuse unless they agree, send x - r."""
+        _check_compute(ends)
+        value = as_ring(np.asarray(value))
+        got = channel.exchange({}, ends.parties, expect=Expect.uint64(3 * SEED_WORDS),
+                               what="as its seeds of the input mask")
+        r = np.zeros(value.size, dtype=np.uint64)
+        for j in range(N):
+            # party p sends the seeds of components p+1, p+2, p+3 in that order
+            copies = {p: got[p].reshape(3, SEED_WORDS)[(j - p - 1) % N]
+                      for p in ends.parties if p != j}
+            seed = external.agreed(_confirmed_first(copies), channel,
+                                   f"seeds of mask component {j}")
+            r += PRG(seed.tobytes()).ring_elements(value.size)
+        masked = (value.reshape(-1) - r).reshape(value.shape)
+        channel.exchange(dict.fromkeys(ends.parties, masked), ())
+
+    @classmethod
+    def take_external(cls, channel: Channel, ends: external.Endpoints,
+                      shape: tuple[int, ...]) -> np.ndarray:
+        """Take the three copies of each component, refuse unless they agree, add them."""
+        _check_compute(ends)
+        shape = tuple(shape)
+        size = int(np.prod(shape, dtype=np.int64))
+        got = channel.exchange({}, ends.parties, expect=Expect.uint64((3, size)),
+                               what="as its components of the result")
+        total = np.zeros(size, dtype=np.uint64)
+        for j in range(N):
+            copies = {p: got[p][(j - p - 1) % N] for p in ends.parties if p != j}
+            total += external.agreed(_confirmed_first(copies), channel,
+                                     f"copies of component {j} of the result")
+        return total.reshape(shape)
+
+
+def _check_compute(ends: external.Endpoints) -> None:
+    if ends.compute != N:
+        raise ConfigError(f"rep4 runs on exactly {N} compute parties, not {ends.compute}")
+
+
+def _confirmed_first(copies: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """The copies with one that another copy confirms first, so that a refusal names the
+    party whose copy differs from the others (one corrupt party sends at most one)."""
+    for p, value in copies.items():
+        if sum(np.array_equal(value, other) for other in copies.values()) >= 2:
+            return {p: value, **{q: v for q, v in copies.items() if q != p}}
+    return copies

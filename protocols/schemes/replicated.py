@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from mpc.errors import ProtocolError
+from mpc.net.expect import Expect
 from mpc.runtime import Runtime
 from protocols.base import BilinearOp, MaskedPrimitives, Protocol
 from protocols.blocks import masked
@@ -31,21 +31,16 @@ PAIR = (0, 1)
 class Replicated(MaskedPrimitives, Protocol):
     name = "replicated"
     components = 2
+    default_parties = min_parties = max_parties = 3
 
     def __init__(self, runtime: Runtime) -> None:
-        if runtime.n_parties != 3:
-            raise ValueError(f"replicated sharing runs on exactly 3 parties, "
-                             f"not {runtime.n_parties}")
-        self.runtime = runtime
-        self.party_id = i = runtime.party_id
-        self.n_parties = 3
-        self.channel = runtime.channel
+        super().__init__(runtime)
+        i = self.party_id
         self.prev, self.next = (i - 1) % 3, (i + 1) % 3
         # k_i (shared with the previous party) and k_{i+1} (shared with the next one)
         self.key_own = runtime.pair_prg(self.prev, "replicated/k")
         self.key_next = runtime.pair_prg(self.next, "replicated/k")
         self.group = masked.AdditiveGroup(self.channel, PAIR, i)
-        self.material = store.MaterialStore()
 
     # -- offline ------------------------------------------------------------------------
     def preprocess(self, plan: list[Request]) -> None:
@@ -71,21 +66,13 @@ class Replicated(MaskedPrimitives, Protocol):
             x_last = value - x_own - x_next
             self.channel.exchange({self.next: x_last, self.prev: x_last}, ())
             return np.stack([x_own, x_next])
-        if i == (owner + 1) % 3:  # holds (x_{o+1}, x_{o+2}); x_{o+1} from k_{o+1} = own key
-            mine = self.key_own.ring_elements(shape)
-            other = self._receive(owner, shape)
-            return np.stack([mine, other])
-        # i == owner + 2: holds (x_{o+2}, x_o); x_o from k_o = this party's next key
-        mine = self.key_next.ring_elements(shape)
-        other = self._receive(owner, shape)
-        return np.stack([other, mine])
-
-    def _receive(self, peer: int, shape: tuple[int, ...]) -> np.ndarray:
-        got = self.channel.exchange({}, (peer,))[peer]
-        if got.shape != shape or got.dtype != np.uint64:
-            raise ProtocolError(f"party {peer} sent {got.dtype}{got.shape}, "
-                                f"expected uint64{shape}")
-        return got
+        # party o+1 holds (x_{o+1}, x_{o+2}), x_{o+1} from k_{o+1} = its own key; party o+2
+        # holds (x_{o+2}, x_o), x_o from k_o = its next key
+        follows = i == (owner + 1) % 3
+        mine = (self.key_own if follows else self.key_next).ring_elements(shape)
+        other = self.channel.exchange({}, (owner,), expect=Expect.uint64(shape),
+                                      what="as its input")[owner]
+        return np.stack([mine, other] if follows else [other, mine])
 
     def reveal(self, x: np.ndarray, to: Iterable[int]) -> np.ndarray | None:
         """Party t lacks x_{t+2}; party t+1 holds it as its second component."""
@@ -93,13 +80,11 @@ class Replicated(MaskedPrimitives, Protocol):
         i = self.party_id
         outgoing = {self.prev: x[1, ...]} if self.prev in targets else {}
         sources = (self.next,) if i in targets else ()
-        received = self.channel.exchange(outgoing, sources)
+        received = self.channel.exchange(outgoing, sources, expect=Expect.uint64(x.shape[1:]),
+                                         what="in a reveal")
         if i not in targets:
             return None
-        missing = received[self.next]
-        if missing.shape != x.shape[1:] or missing.dtype != np.uint64:
-            raise ProtocolError(f"party {self.next} revealed {missing.dtype}{missing.shape}")
-        return x[0, ...] + x[1, ...] + missing
+        return x[0, ...] + x[1, ...] + received[self.next]
 
     def add_public(self, x: np.ndarray, value: np.ndarray) -> np.ndarray:
         """The constant joins x_0, held by party 0 (first) and party 2 (second)."""
@@ -117,9 +102,7 @@ class Replicated(MaskedPrimitives, Protocol):
         """z_i = x_i (y_i + y_{i+1}) + x_{i+1} y_i + zero-share; send z_i to party i-1."""
         z = op(x[0, ...], y[0, ...] + y[1, ...]) + op(x[1, ...], y[0, ...])
         z += self._zero_sharing(z.shape)
-        received = self.channel.exchange({self.prev: z}, (self.next,))[self.next]
-        if received.shape != z.shape or received.dtype != np.uint64:
-            raise ProtocolError(f"party {self.next} sent {received.dtype}{received.shape}")
+        received = self.channel.exchange({self.prev: z}, (self.next,), expect=z)[self.next]
         return np.stack([z, received])
 
     def bilinear_trunc(self, x: np.ndarray, y: np.ndarray, op: BilinearOp,
@@ -142,10 +125,7 @@ class Replicated(MaskedPrimitives, Protocol):
         m = self.material.take(Request("trunc", z.shape, frac_bits=frac_bits))
         other = PAIR[1 - i]
         masked_share = masked.trunc_masked(self.group, z, m)
-        got = self.channel.exchange({other: masked_share}, (other, HELPER))
-        for peer, value in got.items():
-            if value.shape != z.shape or value.dtype != np.uint64:
-                raise ProtocolError(f"party {peer} sent {value.dtype}{value.shape}")
+        got = self.channel.exchange({other: masked_share}, (other, HELPER), expect=z)
         c = masked_share + got[other] + got[HELPER]
         return self._reshare(masked.trunc_finish(self.group, c, m, frac_bits), z.shape)
 

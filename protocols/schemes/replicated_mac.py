@@ -8,7 +8,7 @@ with their MACs, mod 2^128: x~ = x~_0 + x~_1 + x~_2 and m = m_0 + m_1 + m_2 = al
 2^128, party i holding (x~_i, x~_{i+1}) and (m_i, m_{i+1}). The key alpha is replicated the
 same way, alpha_j drawn from the pairwise key k_j (shared by parties j and j-1): nobody knows
 it. A share is a uint64 array (8, *shape) = [v_i lo, v_i hi, v_i+1 lo, v_i+1 hi, m_i lo,
-m_i hi, m_i+1 lo, m_i+1 hi] in the limb layout of `protocols.blocks.ring128_ops`.
+m_i hi, m_i+1 lo, m_i+1 hi] in the limb layout of `mpc.ring128`.
 
 Products. [xy] and [alpha xy] = [alpha x] * [y] by the passive replicated multiplication (one
 message of the output size to the previous party, for the value and the MAC alike), which is
@@ -63,6 +63,32 @@ products (value x y, MAC (alpha x) y), and b = a mod 2 = C1 a + C2 a^2 + C3 a^3 
 honest co-holder only adds an error to its messages, which the gate verification or the MAC
 check catches. ReLU's selection x (1 - msb) rides in the last conversion round (it needs
 msb's value, not its MAC).
+
+Values from outside (`input_external`, `reveal_external`; the client and the model owner
+are endpoints, not parties). Input of x held by endpoint S: each party draws a seed from
+each of its two pairwise keys, so the two holders of component j (parties j and j-1, key
+k_j) have the same seed, expands r~_j (128 bits) from it and sends S both seeds (16 bytes
+each). S refuses unless the two copies of each seed agree (one corrupt party cannot change
+both), takes r = sum_j r~_j mod 2^64 (the low limbs) and sends c = x - r mod 2^64 to every
+party. The parties make [alpha r~] by one product round (in parallel with S's round trip)
+and log [r~] for the MAC check, as `input` does; then [x] = [r~] + c, whose MAC adds
+alpha_j c locally (`add_public`): a correct authenticated sharing of r~ + c = x mod 2^64.
+Each party vouches for c to both others in the digests compared at the next check, so a
+party that claims another c fails it before anything is revealed. Output of y to endpoint
+T: the MAC check first, then each party sends T the low limbs of its two components; T
+takes both copies of each y_j, refuses unless they agree and adds them mod 2^64. After the
+check the honest holders agree; a corrupt party can only send copies that differ, knowing
+every honest copy (it holds both components it sends), so T refuses or outputs y whatever
+y is: no selective-failure bit. T learns the three low limbs, as a party learns its
+missing one in `reveal`; the deployment's argmax output is sum_i i * wins_i with wins_1 a
+fresh product, whose components are uniform given their sum. This is client-server MPC
+with redundant honest-majority sharing (Araki, Furukawa, Lindell, Nof, Ohara, "High-
+throughput semi-honest secure three-party computation with an honest majority", CCS 2016;
+Furukawa, Lindell, Nof, Weinstein, "High-throughput secure three-party computation for
+malicious adversaries and an honest majority", EUROCRYPT 2017), with inputs entered as
+[r] + c under a MAC in the way of Damgard, Damgard, Nielsen, Nordholt, Toft, "Confidential
+benchmarking based on multiparty computation" (FC 2016) and Jakobsen, Nielsen, Orlandi,
+"A framework for outsourced secure computation" (CCSW 2014).
 Costs are measured in tests/protocols/test_replicated_mac.py and reported there.
 """
 
@@ -73,19 +99,23 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from mpc.errors import CheatingDetected, ProtocolError
-from mpc.prg import PRG
+from mpc import ring128 as r128
+from mpc.errors import CheatingDetected, ConfigError
+from mpc.fixedpoint import MAX_VALUE_BITS
+from mpc.net.channel import Channel
+from mpc.net.expect import Expect
+from mpc.prg import KEY_BYTES, PRG
 from mpc.runtime import Runtime
-from protocols.base import BilinearOp, Protocol
-from protocols.blocks import binary_rep3, bitslice
-from protocols.blocks import ring128_ops as r128
+from protocols import external
+from protocols.base import BilinearOp, Protocol, as_ring
+from protocols.blocks import binary_rep3, bitslice, ring128_ops
 from protocols.blocks.binary_rep3 import BinaryRep3, carry_out, majority
 from protocols.ops import Mul
 from protocols.preprocessing.correlations import Request
 
 U64 = np.uint64
 ONE = U64(1)
-ELL = 62
+SEED_WORDS = KEY_BYTES // 8  # a PRG seed as ring words
 MUL = Mul()
 #: Elements per batch of a comparison or truncation. A batch holds its bit planes, logged AND
 #: gates and conversion products at once, a few hundred bytes an element per party; batches
@@ -113,14 +143,11 @@ def _digest(data: bytes | np.ndarray) -> np.ndarray:
 class ReplicatedMac(r128.Ring128Linear, Protocol):
     name = "replicated_mac"
     components = 8
+    default_parties = min_parties = max_parties = 3
 
     def __init__(self, runtime: Runtime) -> None:
-        if runtime.n_parties != 3:
-            raise ValueError(f"replicated_mac runs on exactly 3 parties, not {runtime.n_parties}")
-        self.runtime = runtime
-        self.party_id = i = runtime.party_id
-        self.n_parties = 3
-        self.channel = runtime.channel
+        super().__init__(runtime)
+        i = self.party_id
         self.prev, self.next = (i - 1) % 3, (i + 1) % 3
         # k_i (shared with the previous party) and k_{i+1} (shared with the next one): every
         # party draws the same sizes from both in the same order, so the streams stay in step
@@ -154,8 +181,8 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         if isinstance(op, Mul):
             return r128.mul_public(x, value)
         v = r128.lift(value)
-        parts = [r128.bilinear(op, v, x[k:k + 2]) if public_left
-                 else r128.bilinear(op, x[k:k + 2], v) for k in range(0, 8, 2)]
+        parts = [ring128_ops.bilinear(op, v, x[k:k + 2]) if public_left
+                 else ring128_ops.bilinear(op, x[k:k + 2], v) for k in range(0, 8, 2)]
         return np.concatenate(parts)
 
     def sum(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
@@ -177,12 +204,6 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         return r128.add(x, self.constant(value))
 
     # -- communication -------------------------------------------------------------------
-    def _recv_check(self, got: np.ndarray, peer: int, size: int, step: str) -> np.ndarray:
-        if got.dtype != np.uint64 or got.shape != (size,):
-            raise ProtocolError(f"party {peer} sent {got.dtype}{got.shape} in {step}, "
-                                f"expected {size} words")
-        return got
-
     def _round(self, products: list[tuple[np.ndarray, np.ndarray, BilinearOp]],
                step: str) -> list[np.ndarray]:
         """One round of passive replicated products op(a, b) of 128-bit replicated values
@@ -201,8 +222,8 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
                 own, nxt = self._draw(np.broadcast_shapes(a.shape[1:], b.shape[1:]))
                 outs.append(r128.replicated_product(a, b, own, nxt))
                 continue
-            z = r128.add(r128.bilinear(op, a[0:2], r128.add(b[0:2], b[2:4])),
-                         r128.bilinear(op, a[2:4], b[0:2]))
+            z = r128.add(ring128_ops.bilinear(op, a[0:2], r128.add(b[0:2], b[2:4])),
+                         ring128_ops.bilinear(op, a[2:4], b[0:2]))
             own, nxt = self._draw(z.shape[1:])
             outs.append(r128.sub(r128.add(z, own), nxt))
         flat = [np.ascontiguousarray(z).reshape(-1) for z in outs]
@@ -212,12 +233,15 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
             k_own, k_next = self._draw((1,))
             outgoing = {self.prev: np.concatenate([outgoing[self.prev], k_next.reshape(-1)]),
                         self.next: k_own.reshape(-1)}
-        got = self.channel.exchange(outgoing, (self.prev, self.next) if coin else (self.next,))
         total = sum(sizes)
-        from_next = self._recv_check(got[self.next], self.next, total + (2 if coin else 0), step)
+        expect = {self.next: Expect.uint64(total + (2 if coin else 0)),
+                  self.prev: Expect.uint64(2)}
+        got = self.channel.exchange(outgoing, (self.prev, self.next) if coin else (self.next,),
+                                    expect=expect, what=f"in {step}")
+        from_next = got[self.next]
         if coin:
             missing = from_next[total:]
-            other = self._recv_check(got[self.prev], self.prev, 2, step)
+            other = got[self.prev]
             if not np.array_equal(missing, other):
                 raise self._fail(f"in {step} parties {self.prev} and {self.next} sent different "
                                  "coin components")
@@ -270,11 +294,12 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         nxt = np.ascontiguousarray(x[2:4]).reshape(-1)
         extra = extra or {}
         ext = {p: extra.get(p, np.zeros(0, dtype=U64)) for p in (self.prev, self.next)}
-        got = self.channel.exchange({self.prev: np.concatenate([nxt, ext[self.prev]]),
-                                     self.next: np.concatenate([own, ext[self.next]])})
         n = own.size
-        a = self._recv_check(got[self.next], self.next, n + ext[self.next].size, step)
-        b = self._recv_check(got[self.prev], self.prev, n + ext[self.prev].size, step)
+        got = self.channel.exchange({self.prev: np.concatenate([nxt, ext[self.prev]]),
+                                     self.next: np.concatenate([own, ext[self.next]])},
+                                    expect={p: Expect.uint64(n + ext[p].size) for p in ext},
+                                    what=f"in {step}")
+        a, b = got[self.next], got[self.prev]
         if not np.array_equal(a[:n], b[:n]):
             raise self._fail(f"in {step} parties {self.prev} and {self.next} sent different "
                              "copies of the same component")
@@ -298,9 +323,9 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         if self._pending:  # a round with just the coin
             k_own, k_next = self._draw((1,))
             k_own, k_next = k_own.reshape(-1), k_next.reshape(-1)
-            got = self.channel.exchange({self.prev: k_next, self.next: k_own})
-            a = self._recv_check(got[self.next], self.next, 2, "the check's coin")
-            b = self._recv_check(got[self.prev], self.prev, 2, "the check's coin")
+            got = self.channel.exchange({self.prev: k_next, self.next: k_own},
+                                        expect=Expect.uint64(2), what="in the check's coin")
+            a, b = got[self.next], got[self.prev]
             if not np.array_equal(a, b):
                 raise self._fail(f"{fail}: parties {self.prev} and {self.next} sent different "
                                  "coin components")
@@ -342,8 +367,8 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
             self.channel.exchange({self.next: last.reshape(-1), self.prev: last.reshape(-1)}, ())
             v = np.concatenate([own, nxt])
         else:
-            got = self.channel.exchange({}, (owner,))[owner]
-            got = self._recv_check(got, owner, n, f"input of party {owner}")
+            got = self.channel.exchange({}, (owner,), expect=Expect.uint64(n),
+                                        what=f"in the input of party {owner}")[owner]
             other = (owner + 1) % 3 if i == (owner + 2) % 3 else (owner + 2) % 3
             self._vouch[other].update(got.tobytes())
             last = got.reshape(2, *shape)
@@ -367,12 +392,12 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
             elif t == self.next:  # t lacks x_{t+2} = x_i
                 outgoing[t] = np.ascontiguousarray(x[0]).reshape(-1)
         sources = (self.prev, self.next) if i in targets else ()
-        got = self.channel.exchange(outgoing, sources)
+        size = int(np.prod(x.shape[1:], dtype=np.int64))
+        got = self.channel.exchange(outgoing, sources, expect=Expect.uint64(size),
+                                    what="in a reveal")
         if i not in targets:
             return None
-        size = int(np.prod(x.shape[1:], dtype=np.int64))
-        a = self._recv_check(got[self.next], self.next, size, "a reveal")
-        b = self._recv_check(got[self.prev], self.prev, size, "a reveal")
+        a, b = got[self.next], got[self.prev]
         if not np.array_equal(a, b):
             raise self._fail(f"parties {self.prev} and {self.next} revealed different values")
         return (x[0:1] + x[2:3] + a.reshape(1, *x.shape[1:])).reshape(x.shape[1:])
@@ -436,7 +461,7 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
 
     def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
         f = int(frac_bits)
-        if not 0 <= f <= ELL:
+        if not 0 <= f <= MAX_VALUE_BITS:
             raise ValueError(f"cannot truncate by {f} bits")
         if f == 0:
             return x.copy()
@@ -451,7 +476,7 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         plus 1 - d (exact for f = 1, where d = 0). The sum_j (y_j >> f) are components,
         authenticated by one product."""
         n = x.shape[1]
-        y = self.add_public(x, U64(1 << ELL))
+        y = self.add_public(x, U64(1 << MAX_VALUE_BITS))
         a, b, c = self._addends(y)
         rows = [f - 1, 62, 63]
         low, c62, c63 = majority(self.binary, a[:, rows], b[:, rows], c[:, rows],
@@ -471,7 +496,7 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         wraps = r128.mul_public(r128.add(bits[:, 1], bits[:, 2]), U64(1 << (64 - f)))
         result = r128.sub(r128.add(t, bits[:, 0]), wraps)
         up = 1 if f > 1 else 0  # f = 1: bit 0 of S + C' never carries (C' is even)
-        return self.add_public(result, U64((up - (1 << (ELL - f))) % (1 << 64)))
+        return self.add_public(result, U64((up - (1 << (MAX_VALUE_BITS - f))) % (1 << 64)))
 
     def ltz(self, x: np.ndarray) -> np.ndarray:
         return self._batched(self._ltz, x)
@@ -499,3 +524,76 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
 
     def preprocess(self, plan: list[Request]) -> None:
         """No offline phase: all randomness comes from the pairwise keys."""
+
+    # -- values from and to endpoints outside the computation (module notes) ----------------
+    def input_external(self, source: int, shape: tuple[int, ...]) -> np.ndarray:
+        """[r~] + c: r~ from one seed per pairwise key, which both holders of each component
+        send `source`; its MAC by one product round, logged; c = x - r mod 2^64 from
+        `source`, vouched for to both other parties (compared at the next check)."""
+        shape = tuple(shape)
+        # one 128-bit element from each key: SEED_WORDS words, a PRG seed
+        own_seed, next_seed = (s.reshape(SEED_WORDS) for s in self._draw((1,)))
+        what = f"input from the {self.channel.role(source)}"
+        self.channel.send(source, np.concatenate([own_seed, next_seed]))
+        v = np.concatenate([PRG(seed.tobytes()).ring_elements((2, *shape))
+                            for seed in (own_seed, next_seed)])
+        alpha = self.alpha.reshape(4, *(1,) * len(shape))
+        (mac,) = self._round([(alpha, v, MUL)], f"the mask of the {what}")
+        r = _auth(v, mac)
+        self._log(r)
+        masked = self.channel.recv(source, expect=Expect.uint64(shape),
+                                   what=f"as the masked {what}")
+        self._vouch_received(masked)
+        return self.add_public(r, masked)
+
+    def _vouch_received(self, data: np.ndarray) -> None:
+        """Vouch for `data`, received from outside, to both other parties (in the digests
+        the next check compares)."""
+        digest = _digest(data).tobytes()
+        for peer in (self.prev, self.next):
+            self._vouch[peer].update(digest)
+
+    def reveal_external(self, x: np.ndarray, target: int) -> None:
+        """MAC-check everything so far, then send `target` the low limbs of this party's two
+        components (x~_i, x~_{i+1})."""
+        self.check(f"the output to the {self.channel.role(target)}")
+        self.channel.send(target, np.ascontiguousarray(np.stack([x[0], x[2]]).reshape(2, -1)))
+
+    @classmethod
+    def give_external(cls, channel: Channel, ends: external.Endpoints,
+                      value: np.ndarray) -> None:
+        """Take both copies of each mask seed, refuse unless they agree, send x - r."""
+        _check_compute(ends)
+        value = as_ring(np.asarray(value))
+        got = channel.exchange({}, ends.parties, expect=Expect.uint64(2 * SEED_WORDS),
+                               what="as its seeds of the input mask")
+        r = np.zeros(value.size, dtype=U64)
+        for j in range(3):
+            # component j's seed: the first of party j's two, the second of party j-1's
+            copies = {j: got[j][:SEED_WORDS], (j - 1) % 3: got[(j - 1) % 3][SEED_WORDS:]}
+            seed = external.agreed(copies, channel, f"seeds of mask component {j}")
+            # r~_j is (2, size) [lo, hi]: its first `size` words are the low limbs
+            r += PRG(seed.tobytes()).ring_elements(value.size)
+        masked = (value.reshape(-1) - r).reshape(value.shape)
+        channel.exchange(dict.fromkeys(ends.parties, masked), ())
+
+    @classmethod
+    def take_external(cls, channel: Channel, ends: external.Endpoints,
+                      shape: tuple[int, ...]) -> np.ndarray:
+        """Take both copies of each component's low limb, refuse unless they agree, add."""
+        _check_compute(ends)
+        shape = tuple(shape)
+        size = int(np.prod(shape, dtype=np.int64))
+        got = channel.exchange({}, ends.parties, expect=Expect.uint64((2, size)),
+                               what="as its components of the result")
+        total = np.zeros(size, dtype=U64)
+        for j in range(3):
+            copies = {j: got[j][0], (j - 1) % 3: got[(j - 1) % 3][1]}
+            total += external.agreed(copies, channel, f"copies of component {j} of the result")
+        return total.reshape(shape)
+
+
+def _check_compute(ends: external.Endpoints) -> None:
+    if ends.compute != 3:
+        raise ConfigError(f"replicated_mac runs on exactly 3 compute parties, not "
+                          f"{ends.compute}")

@@ -14,7 +14,7 @@ fails, or `PeerLost` / `PeerTimeout` if the cheater then leaves or goes silent; 
 is not prevented.
 
 A share is a uint64 array (4, *shape): [value_lo, value_hi, mac_lo, mac_hi] (see
-`protocols.blocks.ring128_ops`), so `SecretTensor`'s structural ops work unchanged.
+`mpc.ring128`), so `SecretTensor`'s structural ops work unchanged.
 
 Offline: the dealer's messages (`protocols.preprocessing.spdz2k_material.serve`), then one
 round in which
@@ -30,7 +30,7 @@ Online protocol (rounds are for one call, counted by the channel):
   party sends the low limb of its value share to every other, logged for the MAC check.
 - bilinear (mul, matmul, conv; 1 round): Beaver with an authenticated triple shaped like
   the operands, [z] = [c] + e (x) [b] + [a] (x) d + e (x) d, computed mod 2^128.
-- trunc (1 round): the MSB-corrected identity of PROTOCOLS.md with authenticated r, r_msb,
+- trunc (1 round): the MSB-corrected identity of docs/protocols.md with authenticated r, r_msb,
   r_low >> f; c = x + 2^62 + r opened mod 2^64.
 - comparison: c = x + r opened (r a dealer mask), then, with c_63 / r_63 the top bits and
   c_low / r_low the low 63 bits, msb(x) = c_63 xor r_63 xor [c_low < r_low] (the borrow
@@ -61,6 +61,38 @@ Online protocol (rounds are for one call, counted by the channel):
   the first reveal, 10 for later ones.
 The batched MAC check is in `protocols.blocks.mac`. Openings after the last reveal are never
 checked; they cannot influence any output.
+
+Values from outside (`input_external`, `reveal_external`; the client and the model owner of
+a deployment, endpoints >= n that compute nothing). Client inputs masked by dealer
+randomness known to the client are the method of Damgard, Damgard, Nielsen, Nordholt,
+Toft, "Confidential benchmarking based on multiparty computation", FC 2016; here the mask
+is authenticated under the SPDZ2k key as every other input mask is.
+- input from source S (2 rounds at the parties): the dealer deals an authenticated [r]
+  whose value r it sends to S (not to any compute party); S sends c = x - r mod 2^64 to
+  every party; the parties compare hashes of c (`protocols.external.confirm_same`, 1 round)
+  and set [x] = [r] + c, logging c in the transcript the MAC check compares. S's value is
+  then authenticated exactly like a party's input: a party that uses any other c, or
+  shifts its share of [x] later, adds an error the MACs catch (it would have to guess
+  alpha) at the check before the output, and a source that sent different c to different
+  parties is caught at once.
+- output to target T (11 rounds, 10 after an earlier check): the dealer deals an
+  authenticated [s] with s sent to T only; the parties MAC-check everything opened so far,
+  open z = y + s (uniform to them), MAC-check that opening, and only then each sends z to
+  T. T takes s from the dealer and every party's z, and returns z - s if all the copies
+  agree, else refuses naming two parties whose copies differ. An honest party's copy is
+  right whenever it is sent (both checks passed), so with at least one honest compute
+  party T never accepts a wrong y: a deviating party can only make T refuse (or make the
+  honest parties abort, so T misses a copy). Neither depends on y: the deviating party
+  knows z, so it knows beforehand whether its copy differs from the honest ones; and an
+  error it adds to a share reaches an opening, where the check catches it with a
+  probability independent of the secret values. So refusal tells it nothing about y (no
+  selective-failure bit).
+- privacy: c and z are uniform to the compute parties (r and s are fresh dealer
+  randomness); the dealer sees neither c nor z. The dealer is trusted, as for everything
+  else here: to deal correctly (a wrong r or s sent to S or T would change x or y) and to
+  collude with nobody (it knows alpha, r and s). Its messages to S and T are sent in plan
+  order before the rest of the dealing (`spdz2k_material.serve`), so they read them in
+  the order they give and take values.
 """
 
 from __future__ import annotations
@@ -69,20 +101,24 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from mpc.errors import CheatingDetected, ProtocolError
+from mpc import ring128 as r128
+from mpc.errors import CheatingDetected, ConfigError
+from mpc.fixedpoint import MAX_VALUE_BITS
+from mpc.net.channel import Channel
+from mpc.net.expect import Expect
+from mpc.ring import LOW63
 from mpc.runtime import Runtime
-from protocols.base import BilinearOp, Protocol
+from protocols import external
+from protocols.base import BilinearOp, Protocol, as_ring
 from protocols.blocks import dcf
-from protocols.blocks import ring128_ops as r128
 from protocols.blocks.mac import MacChecker
+from protocols.blocks.ring128_ops import bilinear_auth
 from protocols.ops import Mul
 from protocols.preprocessing import spdz2k_material as material
 from protocols.preprocessing.correlations import Request
 
 U64 = np.uint64
 ONE = U64(1)
-ELL = 62
-LOW63 = U64((1 << 63) - 1)
 POW2 = (ONE << np.arange(64, dtype=np.uint64))
 
 
@@ -90,16 +126,11 @@ class Spdz2k(r128.Ring128Linear, Protocol):
     name = "spdz2k"
     components = 4
     needs_dealer = True
-    planner = material.Spdz2kPlanner
+    default_parties = 2
+    min_parties = 2
 
     def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.party_id = runtime.party_id
-        self.n_parties = runtime.n_parties
-        if self.n_parties < 2:
-            raise ValueError("spdz2k needs at least 2 parties")
-        self.channel = runtime.channel
-        self.others = tuple(p for p in range(self.n_parties) if p != self.party_id)
+        super().__init__(runtime)
         self.alpha = np.zeros(2, dtype=np.uint64)
         self.material = material.LazyStore([], None, None, self.party_id, None, self.n_parties)
         self.mac = MacChecker(self.channel, self.party_id, self.n_parties, self.alpha,
@@ -120,18 +151,25 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         # (hundreds of MB of DCF words with 2 parties) reach the parties one after the other,
         # and without this the first one done would count the wait as online time
         with self.channel.stage("preprocessing"):
-            ready = self.channel.exchange(dict.fromkeys(self.others, np.ones(1, dtype=U64)))
+            done = np.ones(1, dtype=U64)
+            ready = self.channel.exchange(dict.fromkeys(self.others, done), expect=done,
+                                          what="as its end-of-preprocessing message")
         for peer, message in ready.items():
-            if message.dtype != np.uint64 or message.shape != (1,) or message[0] != 1:
+            if message[0] != 1:
                 raise CheatingDetected(f"party {peer} altered its end-of-preprocessing message")
 
     @classmethod
-    def serve_dealer(cls, runtime: Runtime, plan: list[Request]) -> int:
-        """The dealer's offline phase (called by `protocols.run.dealer_role`)."""
+    def planner(cls, n_parties: int) -> material.Spdz2kPlanner:
+        """The clear planner plus inputs and reveals, which consume masks here."""
+        return material.Spdz2kPlanner(n_parties)
+
+    @classmethod
+    def serve_dealer(cls, runtime: Runtime, plan: list[Request]) -> None:
+        """The dealer's offline phase, with the MAC key and authenticated material."""
         n = runtime.n_parties
         prgs = [runtime.pair_prg(p, "spdz2k/dealer") for p in range(n)]
         known = [runtime.pair_prg(p, "spdz2k/known") for p in range(n)]
-        return material.serve(plan, prgs, known, runtime.private_prg, runtime.channel, n - 1)
+        material.serve(plan, prgs, known, runtime.private_prg, runtime.channel, n - 1)
 
     # -- local linear arithmetic (mod 2^128, value and MAC alike) -------------------------
     def public_bilinear(self, x: np.ndarray, value: np.ndarray, op: BilinearOp,
@@ -139,8 +177,8 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         if isinstance(op, Mul):
             return r128.mul_public(x, value)
         if public_left:
-            return r128.bilinear_auth(op, r128.lift(value), x, secret_left=False)
-        return r128.bilinear_auth(op, x, r128.lift(value), secret_left=True)
+            return bilinear_auth(op, r128.lift(value), x, secret_left=False)
+        return bilinear_auth(op, x, r128.lift(value), secret_left=True)
 
     def sum(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
         return r128.sum_axes(x, axes, keepdims)
@@ -162,12 +200,10 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         MAC check. Only ever call this on values masked by fresh dealer randomness."""
         lows = [np.ascontiguousarray(x[0]).reshape(-1) for x in items]
         message = np.concatenate(lows) if len(lows) > 1 else lows[0]
-        received = self.channel.exchange(dict.fromkeys(self.others, message))
+        received = self.channel.exchange(dict.fromkeys(self.others, message), expect=message,
+                                         what="in an opening")
         total = message.copy()
-        for peer, share in received.items():
-            if share.dtype != np.uint64 or share.shape != message.shape:
-                raise ProtocolError(f"party {peer} opened {share.dtype}{share.shape}, "
-                                    f"expected uint64{message.shape}")
+        for share in received.values():
             total += share
         out, offset = [], 0
         for x, low in zip(items, lows, strict=True):
@@ -184,10 +220,8 @@ class Spdz2k(r128.Ring128Linear, Protocol):
             e = value - m["r_value"][0]
             self.channel.exchange(dict.fromkeys(self.others, e), receive_from=())
         else:
-            e = self.channel.exchange({}, receive_from=(owner,))[owner]
-            if e.dtype != np.uint64 or e.shape != tuple(shape):
-                raise ProtocolError(f"party {owner} sent {e.dtype}{e.shape} as its input, "
-                                    f"expected uint64{tuple(shape)}")
+            e = self.channel.exchange({}, receive_from=(owner,), expect=Expect.uint64(shape),
+                                      what="as its input")[owner]
         self.mac.broadcast_seen(e)
         return self.add_public(m["r"], e)
 
@@ -201,15 +235,66 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         # unmasks while an honest party aborts (agreement on abort)
         sources = self.others if self.party_id in targets else ()
         confirmations = self.channel.exchange(
-            {t: np.ones(1, dtype=np.uint8) for t in targets if t != self.party_id}, sources)
+            {t: np.ones(1, dtype=np.uint8) for t in targets if t != self.party_id}, sources,
+            expect=Expect.uint8(1), what="as its confirmation of the checks")
         for peer, ok in confirmations.items():
-            if ok.dtype != np.uint8 or ok.shape != (1,) or ok[0] != 1:
+            if ok[0] != 1:
                 raise CheatingDetected(f"MAC check failed after opening an output: party "
                                        f"{peer} did not confirm it")
         if self.party_id not in targets:
             return None
         mine = opened[targets.index(self.party_id)]
         return mine + m[f"mask{self.party_id}_value"][0]
+
+    # -- values from and to endpoints outside the computation (client, model owner) -------
+    # See "Values from outside" in the module docstring for the protocol and its argument.
+    def _check_outside(self, endpoint: int) -> None:
+        if endpoint < self.n_parties:
+            raise ValueError(f"endpoint {endpoint} is a compute party, not an endpoint "
+                             "outside the computation: use input / reveal")
+
+    def input_external(self, source: int, shape: tuple[int, ...]) -> np.ndarray:
+        """[x] = [r] + c: [r] dealt with r known to `source` (the dealer sent it r), c = x - r
+        from `source`; the parties confirm they all got the same c (1 round each)."""
+        shape = tuple(shape)
+        self._check_outside(source)
+        m = self.material.take(Request("input", shape, (source,)))
+        c = self.channel.recv(source, expect=Expect.uint64(shape), what="as its masked input")
+        external.confirm_same(self.channel, tuple(range(self.n_parties)), c,
+                              f"masked input from {self.channel.who(source)}")
+        self.mac.broadcast_seen(c)
+        return self.add_public(m["r"], c)
+
+    def reveal_external(self, x: np.ndarray, target: int) -> None:
+        """Check every opening so far, open z = y + s (s known to `target` only, uniform to
+        the parties), check that opening, then send z to `target`: a party sends only after
+        both checks passed, so every copy the target gets from an honest party is right."""
+        self._check_outside(target)
+        m = self.material.take(Request("reveal", x.shape[1:], (target,)))
+        self.mac.check(m["check0"], "the computation before an output")
+        (z,) = self.open([self.add(x, m[f"mask{target}"])])
+        self.mac.check(m["check1"], "opening an output")
+        self.channel.send(target, z)
+
+    @classmethod
+    def give_external(cls, channel: Channel, ends: external.Endpoints,
+                      value: np.ndarray) -> None:
+        """The source: r from the dealer, then c = x - r to every compute party."""
+        value, dealer = as_ring(np.asarray(value)), _dealer_of(ends)
+        r = channel.recv(dealer, expect=Expect.uint64(value.shape),
+                         what="as the mask of this input")
+        channel.exchange(dict.fromkeys(ends.parties, value - r), ())
+
+    @classmethod
+    def take_external(cls, channel: Channel, ends: external.Endpoints,
+                      shape: tuple[int, ...]) -> np.ndarray:
+        """The target: s from the dealer, z from every compute party; y = z - s if all the
+        copies agree, else a `ProtocolError` naming two parties that sent different ones."""
+        shape, dealer = tuple(shape), _dealer_of(ends)
+        s = channel.recv(dealer, expect=Expect.uint64(shape), what="as the mask of this output")
+        copies = channel.exchange({}, ends.parties, expect=Expect.uint64(shape),
+                                  what="as its masked result")
+        return external.agreed(copies, channel, "masked results") - s
 
     # -- products --------------------------------------------------------------------------
     def _beaver(self, x: np.ndarray, y: np.ndarray, m: dict[str, np.ndarray], op: BilinearOp,
@@ -219,8 +304,8 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         if isinstance(op, Mul):
             z = r128.add(r128.add(c, r128.mul_public(b, e)), r128.mul_public(a, d))
         else:
-            z = r128.add(c, r128.bilinear_auth(op, r128.lift(e), b, secret_left=False))
-            z = r128.add(z, r128.bilinear_auth(op, a, r128.lift(d), secret_left=True))
+            z = r128.add(c, bilinear_auth(op, r128.lift(e), b, secret_left=False))
+            z = r128.add(z, bilinear_auth(op, a, r128.lift(d), secret_left=True))
         return self.add_public(z, op(e, d))
 
     def bilinear(self, x: np.ndarray, y: np.ndarray, op: BilinearOp) -> np.ndarray:
@@ -235,15 +320,15 @@ class Spdz2k(r128.Ring128Linear, Protocol):
     # -- truncation ------------------------------------------------------------------------
     def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
         f = int(frac_bits)
-        if not 0 <= f < ELL:
+        if not 0 <= f < MAX_VALUE_BITS:
             raise ValueError(f"cannot truncate by {f} bits")
         m = self.material.take(Request("trunc", x.shape[1:], frac_bits=f))
-        (c,) = self.open([self.add_public(self.add(x, m["r"]), U64(1 << ELL))])
+        (c,) = self.open([self.add_public(self.add(x, m["r"]), U64(1 << MAX_VALUE_BITS))])
         c_msb, c_low = c >> U64(63), c & LOW63
         # w = c_msb xor r_msb, the carry out of y + r_low
         w = self.add_public(r128.mul_public(m["r_msb"], ONE - U64(2) * c_msb), c_msb)
         y_shift = r128.sub(r128.mul_public(w, U64(1 << (63 - f))), m["r_low_shifted"])
-        return self.add_public(y_shift, (c_low >> U64(f)) - U64(1 << (ELL - f)))
+        return self.add_public(y_shift, (c_low >> U64(f)) - U64(1 << (MAX_VALUE_BITS - f)))
 
     # -- comparison ------------------------------------------------------------------------
     def _msb(self, x: np.ndarray, m: dict) -> np.ndarray:
@@ -320,3 +405,9 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         flat = x.reshape(4, -1)
         keep = self.add_public(self.neg(self._msb(flat, m)), ONE)
         return self._beaver(flat, keep, m, Mul(), ("ra", "rb", "rc")).reshape(x.shape)
+
+
+def _dealer_of(ends: external.Endpoints) -> int:
+    if ends.dealer is None:
+        raise ConfigError("spdz2k's values from and to outside endpoints need the dealer")
+    return ends.dealer

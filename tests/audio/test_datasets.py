@@ -13,7 +13,6 @@ import audio
 from audio.datasets import (
     HEDGEWARS_LABELS,
     HEDGEWARS_PHRASES,
-    SplitLeakError,
     audio_fingerprint,
     dedupe,
     hedgewars_clips,
@@ -22,7 +21,7 @@ from audio.datasets import (
     ravdess_clips,
     split_by_group,
 )
-from mpc.errors import AudioError
+from audio.errors import AudioError, SplitLeakError
 
 ASSETS = Path(__file__).resolve().parents[2] / "experiments" / "assets"
 
@@ -176,7 +175,9 @@ def test_hedgewars_constants():
 
 
 def test_fetch_ar_parser():
-    from audio.fetch_hedgewars import FetchError, _ar_members
+    from audio.errors import FetchError
+    from audio.fetch_hedgewars import _ar_members
+    from mpc.errors import SottovoceError
 
     blob = b"!<arch>\n"
     for name, data in [(b"debian-binary", b"2.0\n"), (b"data.tar.xz", b"abc")]:
@@ -187,6 +188,7 @@ def test_fetch_ar_parser():
     assert members == {"debian-binary": b"2.0\n", "data.tar.xz": b"abc"}
     with pytest.raises(FetchError):
         _ar_members(b"not an archive")
+    assert issubclass(FetchError, SottovoceError) and issubclass(FetchError, RuntimeError)
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,22 +37,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from nn_helpers import randomize
-from torch import nn
+from conftest import tiny_cnn
 
 from experiments.modelfile import BUNDLED_CLIPS, BUNDLED_MODEL
 from mpc import launch
-from mpc.errors import PeerLost, ProtocolError, SottovoceError
-from mpc.launch import PartyFailed
+from mpc.errors import PartyFailed, PeerLost, ProtocolError, SottovoceError
 from mpc.net import framing
 from mpc.net.channel import Channel
 from mpc.runtime import Runtime
-from nn.importer import from_torch
 from nn.inference import classify
 from nn.layers import MODEL_OWNER
 from nn.model import CLIENT, PrivateInference, SecureModel
 from protocols.clear import Planner
-from protocols.run import DEFAULT_PARTIES, run
+from protocols.registry import SCHEMES
+from protocols.run import run
 
 TIMEOUT = 3.0  # seconds a party waits for a message
 SEED = int(os.environ.get("SOTTOVOCE_FAULT_SEED", "10"))  # picks the online message to hit
@@ -154,10 +152,7 @@ def _programs(model: SecureModel, features: np.ndarray, n: int, sink: Path | Non
 def tiny() -> tuple[SecureModel, np.ndarray, dict[str, np.ndarray], dict[str, list[int]]]:
     """A small CNN, a batch of two inputs, the honest labels and each party's count of
     online messages per scheme (threads transport)."""
-    module = randomize(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AvgPool2d(2),
-                                     nn.Flatten(), nn.Linear(2 * 2 * 2, 3)), 4)
-    model, _ = from_torch(module, (1, 6, 6))
-    features = np.random.default_rng(3).normal(size=(2, 1, 6, 6))
+    _, model, features = tiny_cnn(2)
     labels, counts = {}, {}
     for scheme in ("replicated", "additive"):
         result = classify(model, features, scheme=scheme)
@@ -179,7 +174,7 @@ def _faulty_run(tiny, tmp_path: Path, monkeypatch, scheme: str, fault: Fault
     sink = tmp_path / "sink"
     sink.mkdir()
     fault.marker = str(tmp_path / "fired")
-    programs = _programs(model, features, DEFAULT_PARTIES[scheme], sink)
+    programs = _programs(model, features, SCHEMES[scheme].parties, sink)
     decided = {}
     collect = launch._collect
 
@@ -213,12 +208,18 @@ def _online_index(tiny, scheme: str, party: int) -> int:
     return random.Random(f"{SEED}-{scheme}-{party}").randrange(count - 1)
 
 
+def _online_fault(tiny, tmp_path: Path, monkeypatch, kind: str, victim: int,
+                  scheme: str = "replicated") -> tuple[BaseException, float, float]:
+    """`_faulty_run` with a `kind` fault at a seeded online message of `victim`."""
+    fault = Fault(kind, victim, _online_index(tiny, scheme, victim))
+    return _faulty_run(tiny, tmp_path, monkeypatch, scheme, fault)
+
+
 # -- faults through the process launcher -----------------------------------------------------
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("scheme, victim", [("replicated", 2), ("additive", 0)])
 def test_a_party_killed_in_the_online_phase(tiny, tmp_path, monkeypatch, scheme, victim):
-    fault = Fault("kill", victim, _online_index(tiny, scheme, victim))
-    error, decided, exited = _faulty_run(tiny, tmp_path, monkeypatch, scheme, fault)
+    error, decided, exited = _online_fault(tiny, tmp_path, monkeypatch, "kill", victim, scheme)
     assert isinstance(error, PeerLost)
     assert f"party {victim}'s process exited with code 1" in str(error)
     # the survivors say whom they lost and at which step
@@ -230,8 +231,7 @@ def test_a_party_killed_in_the_online_phase(tiny, tmp_path, monkeypatch, scheme,
 @pytest.mark.timeout(60)
 def test_a_party_that_stops_sending_is_named_and_stopped(tiny, tmp_path, monkeypatch):
     victim = 1
-    fault = Fault("stall", victim, _online_index(tiny, "replicated", victim))
-    error, decided, exited = _faulty_run(tiny, tmp_path, monkeypatch, "replicated", fault)
+    error, decided, exited = _online_fault(tiny, tmp_path, monkeypatch, "stall", victim)
     assert isinstance(error, PartyFailed) and error.party_id == victim
     assert f"party {victim} failed: neither finished nor failed" in str(error)
     # a survivor timed out waiting for it (others may time out waiting for that survivor)
@@ -249,8 +249,7 @@ def test_a_party_that_stops_sending_is_named_and_stopped(tiny, tmp_path, monkeyp
 ])
 def test_garbage_on_the_wire_is_a_protocol_error(tiny, tmp_path, monkeypatch, kind, message):
     victim = 1
-    fault = Fault(kind, victim, _online_index(tiny, "replicated", victim))
-    error, decided, exited = _faulty_run(tiny, tmp_path, monkeypatch, "replicated", fault)
+    error, decided, exited = _online_fault(tiny, tmp_path, monkeypatch, kind, victim)
     assert isinstance(error, ProtocolError)
     assert re.search(rf"party {victim} sent a bad frame: .*{re.escape(message)}.*"
                      r"\(step online\)", str(error)), _text(error)
@@ -260,8 +259,7 @@ def test_garbage_on_the_wire_is_a_protocol_error(tiny, tmp_path, monkeypatch, ki
 @pytest.mark.timeout(60)
 def test_a_connection_reset_mid_message(tiny, tmp_path, monkeypatch):
     victim = 2
-    fault = Fault("reset", victim, _online_index(tiny, "replicated", victim))
-    error, decided, exited = _faulty_run(tiny, tmp_path, monkeypatch, "replicated", fault)
+    error, decided, exited = _online_fault(tiny, tmp_path, monkeypatch, "reset", victim)
     assert isinstance(error, PeerLost)
     assert f"party {victim}'s process exited" in str(error)
     # the receiver of the half frame saw the link break mid-message, at the online step
@@ -272,12 +270,13 @@ def test_a_connection_reset_mid_message(tiny, tmp_path, monkeypatch):
 
 @pytest.mark.timeout(60)
 def test_the_dealer_dying(tiny, tmp_path, monkeypatch):
-    dealer = DEFAULT_PARTIES["additive"]  # the dealer is the endpoint after the parties
+    dealer = SCHEMES["additive"].parties  # the dealer is the endpoint after the parties
     fault = Fault("kill", dealer, 0, stage=None)  # before its one message of corrections
     error, decided, exited = _faulty_run(tiny, tmp_path, monkeypatch, "additive", fault)
     assert isinstance(error, PeerLost)
     assert f"party {dealer}'s process exited with code 1" in str(error)
-    assert re.search(rf"party {dealer} closed its connection \(step preprocessing\)",
+    # the compute parties name the endpoint they lost by its role
+    assert re.search(r"party \d: the dealer closed its connection \(step preprocessing\)",
                      _text(error)), _text(error)
     _quick(decided, exited)
 

@@ -5,18 +5,18 @@ is one, and nothing is half-written:
 
 * audio files, `audio.load` (and `sottovoce classify`): `AudioError`;
 * model files, `experiments.modelfile.load_model`: `ConfigError` (file problems) or
-  `nn.importer.ModelImportError` (weights the secure model cannot represent);
+  `nn.errors.ModelImportError` (weights the secure model cannot represent);
 * cluster files, `mpc.cluster.load_cluster`: `ConfigError`;
 * wire frames, `mpc.net.framing.decode` and the TCP reader `mpc.net.tcp._read_frame`:
   `ProtocolError` (or `PeerLost` for a stream cut short).
 
 Already covered elsewhere, not repeated here: truncated WAV/FLAC/Ogg, a wrong RIFF header,
 zero-length files, NaN/inf samples, huge declared WAV and FLAC lengths, 8-bit unsigned and
-32-bit float WAV, 6 channels (tests/audio/test_audio.py: test_truncated_wav,
+32-bit float WAV, 6 channels (tests/audio/test_loading.py: test_truncated_wav,
 test_truncated_flac_ogg, test_wrong_header, test_zero_length_file, test_nan_samples,
 test_huge_declared_length_does_not_allocate, test_huge_declared_flac_length_rejected_before_
 decoding, test_load_formats_rates_channels); a missing cluster party, duplicate ports and
-missing certificate paths (tests/mpc/test_transport.py: test_cluster_validation_errors); every
+missing certificate paths (tests/mpc/test_cluster.py: test_cluster_validation_errors); every
 header field of a frame set to a bad value, one at a time, and random corruption of frames
 (tests/mpc/test_framing.py: test_corrupt_header_fields, test_random_corruption_is_protocol_error_
 or_decodes, test_arbitrary_bytes_never_crash); a model file that is not a model
@@ -44,13 +44,14 @@ from hypothesis import strategies as st
 
 import audio
 from audio import FeatureConfig
+from audio.errors import AudioError
 from experiments.modelfile import load_model
 from experiments.models import reference_cnn
 from mpc import cluster
-from mpc.errors import AudioError, ConfigError, PeerLost, ProtocolError, SottovoceError
+from mpc.errors import ConfigError, PeerLost, ProtocolError, SottovoceError
 from mpc.net import framing, tcp
 from mpc.net.certs import make_certificates
-from nn.importer import ModelImportError
+from nn.errors import ModelImportError
 
 LONG = os.environ.get("SOTTOVOCE_FUZZ_LONG") == "1"
 CLI = [sys.executable, "-m", "experiments.cli"]

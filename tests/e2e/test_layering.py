@@ -1,8 +1,10 @@
-"""The package dependency order of ARCHITECTURE.md, checked on the imports in every file.
+"""The package dependency order of docs/architecture.md, checked on the imports in every file.
 
-`mpc` and `audio` at the bottom (audio may use `mpc.errors` only), then `protocols` (which
-uses only `mpc`), then `nn`, then `experiments`. Imports anywhere in a file count, including
-those inside functions. Packages that do not exist yet are skipped.
+`mpc` at the bottom, then `audio` and `protocols` side by side (both may use `mpc`, neither
+the other), then `nn` (which uses `mpc` and `protocols`, not `audio`: features are computed
+before inference), then `experiments`. Each package keeps its errors in its own `errors`
+module, so no package reaches up a layer for an error type. Imports anywhere in a file
+count, including those inside functions. Packages that do not exist yet are skipped.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 OURS = ("mpc", "audio", "protocols", "nn", "experiments")
 
-# package -> (forbidden top-level packages, modules of ours it may import despite that)
-RULES: dict[str, tuple[set[str], set[str]]] = {
-    "mpc": ({"audio", "protocols", "nn", "experiments"}, set()),
-    "audio": ({"mpc", "protocols", "nn", "experiments"}, {"mpc.errors"}),
-    "protocols": ({"audio", "nn", "experiments"}, set()),
-    "nn": ({"audio", "experiments"}, set()),
+# package -> top-level packages of ours it must not import
+RULES: dict[str, set[str]] = {
+    "mpc": {"audio", "protocols", "nn", "experiments"},
+    "audio": {"protocols", "nn", "experiments"},
+    "protocols": {"audio", "nn", "experiments"},
+    "nn": {"audio", "experiments"},
 }
 
 
@@ -60,21 +62,16 @@ def _files(package: str) -> list[Path]:
     return sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def _allowed(name: str, allowed: set[str]) -> bool:
-    return any(name == a or name.startswith(a + ".") for a in allowed)
-
-
 def _violations(package: str) -> list[str]:
-    forbidden, allowed = RULES[package]
+    forbidden = RULES[package]
     problems = []
     for path in _files(package):
-        for line, name in _imports(path):
-            top = name.split(".")[0]
-            if top not in forbidden or _allowed(name, allowed):
-                continue
-            # `from mpc import errors` yields both "mpc" and "mpc.errors": judge the
-            # package entry by its submodules, which are listed separately
-            if name == top and allowed and any(a.startswith(top + ".") for a in allowed):
+        found = [(line, name) for line, name in _imports(path)
+                 if name.split(".")[0] in forbidden]
+        for line, name in found:
+            # `from nn import layers` yields both "nn" and "nn.layers": name the submodule
+            if any(other_line == line and other.startswith(name + ".")
+                   for other_line, other in found):
                 continue
             problems.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
     return problems
@@ -106,9 +103,11 @@ def test_checker_catches_violations(tmp_path, monkeypatch):
                                  "def f():\n    import protocols.schemes.additive as p\n"
                                  "from ..net import tcp\n")
     (tmp_path / "audio").mkdir()
-    (tmp_path / "audio" / "ok.py").write_text("from mpc.errors import AudioError\n"
-                                              "from mpc import errors\n")
-    (tmp_path / "audio" / "bad.py").write_text("from mpc import prg\n")
+    (tmp_path / "audio" / "ok.py").write_text("from mpc.errors import SottovoceError\n"
+                                              "from mpc import prg\n"
+                                              "from .errors import AudioError\n")
+    (tmp_path / "audio" / "bad.py").write_text("from protocols import run\n"
+                                               "def f():\n    import nn.layers\n")
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     mpc_problems = _violations("mpc")
     assert any("imports protocols.schemes.additive" in p for p in mpc_problems)
@@ -117,4 +116,5 @@ def test_checker_catches_violations(tmp_path, monkeypatch):
     assert _imports(fake / "__init__.py")[:2] == [(1, "mpc"), (1, "mpc.prg")]
     assert (4, "mpc.net") in _imports(fake / "mod.py")
     audio_problems = _violations("audio")
-    assert audio_problems == ["audio/bad.py:1 imports mpc.prg"]
+    assert audio_problems == ["audio/bad.py:1 imports protocols.run",
+                              "audio/bad.py:3 imports nn.layers"]

@@ -17,28 +17,23 @@ import random
 
 import numpy as np
 import pytest
-from nn_helpers import randomize
-from torch import nn
+from conftest import ACTIVE_SCHEMES, tiny_cnn
 
 from mpc.errors import CheatingDetected, PreprocessingError, ProtocolError, SottovoceError
 from mpc.limits import MAX_BATCH
 from mpc.net import framing
-from nn.importer import from_torch
 from nn.inference import classify
+from protocols import registry
 from protocols.preprocessing.correlations import Request
 from protocols.preprocessing.store import MaterialStore
-from protocols.run import DEFAULT_PARTIES
 from protocols.testing.tamper import Tamper
 
-SCHEMES = tuple(DEFAULT_PARTIES)  # additive, replicated, rep4, spdz2k
+SCHEMES = tuple(registry.SCHEMES)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    module = randomize(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AvgPool2d(2),
-                                     nn.Flatten(), nn.Linear(2 * 2 * 2, 3)), 4)
-    model, _ = from_torch(module, (1, 6, 6))
-    features = np.random.default_rng(3).normal(size=(2, 1, 6, 6))
+    _, model, features = tiny_cnn(2)
     return model, features
 
 
@@ -144,7 +139,7 @@ def test_no_secret_in_logs_at_debug_level(tiny, caplog, monkeypatch):
     assert result.labels is not None
 
 
-@pytest.mark.parametrize("scheme", ["rep4", "spdz2k"])
+@pytest.mark.parametrize("scheme", ACTIVE_SCHEMES)
 def test_an_aborted_run_names_the_check_but_no_values(tiny, scheme):
     model, features = tiny
     recorder = _Recorder()
@@ -158,7 +153,7 @@ def test_an_aborted_run_names_the_check_but_no_values(tiny, scheme):
     from nn.layers import MODEL_OWNER
     from nn.model import CLIENT, PrivateInference
 
-    n = DEFAULT_PARTIES[scheme]
+    n = registry.SCHEMES[scheme].parties
     encoded = model.fixed.encode(features)
     programs = [PrivateInference(model if p == MODEL_OWNER else model.public(),
                                  encoded if p == CLIENT else None, len(features))

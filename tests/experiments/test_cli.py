@@ -13,8 +13,10 @@ import soundfile as sf
 import torch
 
 from audio import FeatureConfig
+from experiments import cli
 from experiments.modelfile import BUNDLED_CLIPS, BUNDLED_MODEL
 from experiments.models import reference_cnn
+from mpc.errors import SottovoceError
 
 CLI = [sys.executable, "-m", "experiments.cli"]
 
@@ -78,3 +80,52 @@ def test_missing_clip_is_a_clear_error(model_and_clips, tmp_path: Path) -> None:
     done = _sottovoce("classify", str(tmp_path / "nope.wav"), "--model", str(model))
     assert done.returncode == 2
     assert "nope.wav" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.fixture
+def classify_spy(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """`nn.inference.classify` replaced by one that records its arguments and stops."""
+    import nn.inference
+
+    seen: dict = {}
+
+    def classify(model, features, **kwargs):
+        seen.update(kwargs)
+        raise SottovoceError("stopped by the test after classify was called")
+
+    monkeypatch.setattr(nn.inference, "classify", classify)
+    return seen
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, 60.0), ("7.5", 7.5)])
+def test_classify_passes_the_timeout_to_classify(model_and_clips, classify_spy, given,
+                                                 expected: float) -> None:
+    model, clips = model_and_clips
+    args = ["classify", str(clips[0]), "--model", str(model), "--transport", "threads"]
+    assert cli.main(args + (["--timeout", given] if given else [])) == 2
+    assert classify_spy["timeout"] == expected
+    assert classify_spy["transport"] == "threads"
+
+
+def test_demo_passes_the_timeout_to_classify(classify_spy) -> None:
+    assert cli.main(["demo", "--timeout", "90"]) == 2
+    assert classify_spy["timeout"] == 90.0
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf", "soon"])
+@pytest.mark.parametrize("command", ["demo", "classify"])
+def test_a_timeout_that_is_not_positive_seconds_is_refused(command: str, bad: str,
+                                                           capsys) -> None:
+    extra = ["clip.wav", "--model", "model.pt"] if command == "classify" else []
+    with pytest.raises(SystemExit) as stopped:
+        cli.build_parser().parse_args([command, *extra, "--timeout", bad])
+    assert stopped.value.code == 2
+    assert "positive number of seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["demo", "classify"])
+def test_the_timeout_help_states_unit_and_default(command: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--timeout SECONDS" in help_text and "(default: 60 s)" in help_text

@@ -1,38 +1,51 @@
-"""In a deployment the compute parties open only label + mask, never the label itself."""
+"""In a passive deployment the compute parties open only label + mask, never the label."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from experiments.deploy import ExternalInference, split
-from experiments.models import reference_cnn
-from mpc.prg import PRG
-from nn.importer import from_torch
-from protocols.run import run
+from experiments.deploy import Roles, run_deployment
+from experiments.modelfile import BUNDLED_CLIPS, BUNDLED_MODEL, load_model, plaintext_logits
+from protocols import registry
+
+CLIPS = sorted(BUNDLED_CLIPS.glob("*.wav"))[:3]
+
+
+def _spy(sent: list[tuple[int, str, np.ndarray]]):
+    """A hook recording every array its endpoint sends: (peer, step, copy)."""
+    def hook(runtime) -> None:
+        channel = runtime.channel
+        send = channel.send
+
+        def recording(peer: int, array: np.ndarray) -> None:
+            sent.append((peer, channel.step, np.array(array, copy=True)))
+            send(peer, array)
+
+        channel.send = recording
+    return hook
 
 
 def test_compute_parties_open_only_the_masked_label():
-    torch.manual_seed(0)
-    model, _ = from_torch(reference_cnn(4), (1, 40, 350), check=False)
-    features = np.random.default_rng(1).normal(size=(3, 1, 40, 350))
-    from nn.emulator import emulate_labels
+    loaded = load_model(BUNDLED_MODEL, check=False)
+    roles = Roles.for_scheme(registry.get("replicated"))
+    sent = {k: [] for k in range(roles.n_endpoints)}
+    hooks = {k: _spy(sent[k]) for k in sent}
+    labels = run_deployment("replicated", loaded.secure, loaded.feature_config.to_dict(),
+                            CLIPS, hooks=hooks)
+    import audio
 
-    labels = emulate_labels(model, features)
-    n, prg = 3, PRG.fresh()
-    mask = prg.ring_elements((3,))
-    feature_pieces = split(model.fixed.encode(features), n, prg)
-    mask_pieces = split(mask, n, prg)
-    weights = [v for layer in model.layers
-               for v in (getattr(layer, "weight", None), getattr(layer, "bias", None))
-               if v is not None]
-    weight_pieces = [split(w, n, prg) for w in weights]
-    public = model.public()
-    programs = [ExternalInference(public, 3, [pieces[p] for pieces in weight_pieces],
-                                  feature_pieces[p], mask_pieces[p]) for p in range(n)]
-    reports = run("replicated", programs, n_parties=n)
-    opened = [r.result for r in reports]
-    for value in opened:  # every compute party holds the same masked value ...
-        assert np.array_equal(value, opened[0])
-    assert np.array_equal(opened[0] - mask, labels)  # ... which unmasks to the labels
-    assert not np.any(opened[0] == labels.astype(np.uint64))  # and is not the label
+    config = loaded.feature_config
+    features = np.stack([audio.features(audio.load(c, sample_rate=config.sample_rate), config)
+                         for c in CLIPS])
+    plain = plaintext_logits(loaded, features).argmax(axis=1)
+    assert labels == [loaded.labels[i] for i in plain]
+    # what each compute party sent the client: one array, the same at every party ...
+    opened = [[a for peer, _, a in sent[p] if peer == roles.client] for p in range(3)]
+    assert all(len(o) == 1 for o in opened)
+    for value in opened:
+        assert np.array_equal(value[0], opened[0][0])
+    # ... which the client's mask (the pieces it sent in the labels step) unmasks to the labels
+    mask = sum(a for peer, step, a in sent[roles.client]
+               if step == "labels" and peer < roles.compute)
+    assert np.array_equal(opened[0][0] - mask, plain.astype(np.uint64))
+    assert not np.any(opened[0][0] == plain.astype(np.uint64))  # and is not the label

@@ -1,4 +1,5 @@
-"""Tier 1: Z_2^64 and Z_2^128 arithmetic against Python integers, and numba vs twins."""
+"""Tier 1: Z_2^64 arithmetic against Python integers, and numba vs twins (Z_2^128 is in
+test_ring128.py)."""
 
 from __future__ import annotations
 
@@ -11,27 +12,17 @@ from hypothesis.extra import numpy as hnp
 from mpc import ring as R
 
 M64 = 1 << 64
-M128 = 1 << 128
 
 settings.register_profile("ring", max_examples=40, deadline=None)
 settings.load_profile("ring")
 
 EDGES64 = [0, 1, 2, (1 << 32) - 1, 1 << 32, (1 << 63) - 1, 1 << 63, M64 - 1]
-EDGES128 = EDGES64 + [M64, M64 + 1, (1 << 127) - 1, 1 << 127, M128 - 1]
 
 val64 = st.one_of(st.sampled_from(EDGES64), st.integers(0, M64 - 1))
-val128 = st.one_of(st.sampled_from(EDGES128), st.integers(0, M128 - 1))
 
 
 def arr64(shape: tuple[int, ...]) -> st.SearchStrategy[np.ndarray]:
     return hnp.arrays(np.uint64, shape, elements=val64)
-
-
-@st.composite
-def arr128(draw: st.DrawFn, shape: tuple[int, ...]) -> np.ndarray:
-    n = int(np.prod(shape, dtype=np.int64))
-    values = draw(st.lists(val128, min_size=n, max_size=n))
-    return R.from_int128(np.array(values, dtype=object).reshape(shape))
 
 
 @st.composite
@@ -40,18 +31,8 @@ def pair64(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
     return draw(arr64(shapes.input_shapes[0])), draw(arr64(shapes.input_shapes[1]))
 
 
-@st.composite
-def pair128(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
-    shapes = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=3, max_side=4))
-    return draw(arr128(shapes.input_shapes[0])), draw(arr128(shapes.input_shapes[1]))
-
-
 def py(a: np.ndarray) -> np.ndarray:
     return R.to_pyint(a)
-
-
-def py128(a: np.ndarray) -> np.ndarray:
-    return R.to_pyint128(a)
 
 
 def signed(v: int, bits: int = 64) -> int:
@@ -73,8 +54,6 @@ def test_elementwise64_against_python_ints(ab: tuple[np.ndarray, np.ndarray]) ->
     assert same(R.sub(a, b), R.from_int((pa - pb) % M64))
     assert same(R.mul(a, b), R.from_int((pa * pb) % M64))
     assert same(R.neg(a), R.from_int((-pa) % M64))
-    assert same(R.RING64.add(a, b), R.add(a, b))
-    assert same(R.RING64.mul(a, b), R.mul(a, b))
 
 
 @given(arr64(st.integers(0, 9)), st.integers(0, 70))
@@ -196,111 +175,3 @@ def test_matmul64_limbs_grouped_path_boundary(k: int) -> None:
     b[:, 0] = M64 - 1
     assert same(R.matmul64_limbs(a, b), R.matmul64_numpy(a, b))
     assert int(R.matmul64_limbs(a, b)[0, 0]) == k
-
-
-# --- Z_2^128 ---------------------------------------------------------------------------------
-
-
-@given(pair128())
-def test_elementwise128_against_python_ints_and_twins(ab: tuple[np.ndarray, np.ndarray]) -> None:
-    a, b = ab
-    pa, pb = py128(a), py128(b)
-    cases = [
-        (R.add128, R.add128_numpy, (pa + pb) % M128),
-        (R.sub128, R.sub128_numpy, (pa - pb) % M128),
-        (R.mul128, R.mul128_numpy, (pa * pb) % M128),
-    ]
-    for kernel, twin, expected in cases:
-        want = R.from_int128(np.asarray(expected, dtype=object))
-        assert same(kernel(a, b), want), kernel.__name__
-        assert same(twin(a, b), want), twin.__name__
-    assert same(R.neg128(a), R.from_int128(np.asarray((-pa) % M128, dtype=object)))
-    assert same(R.neg128_numpy(a), R.neg128(a))
-    assert same(R.RING128.mul(a, b), R.mul128(a, b))
-    assert same(R.RING128.sub(a, b), R.sub128(a, b))
-
-
-@given(arr128((6,)), st.integers(0, 135))
-def test_shifts128(a: np.ndarray, n: int) -> None:
-    pa = py128(a)
-    left = R.from_int128(np.asarray((pa << n) % M128, dtype=object))
-    right = R.from_int128(np.asarray(pa >> n, dtype=object))
-    assert same(R.lshift128(a, n), left)
-    assert same(R.lshift128_numpy(a, n), left)
-    assert same(R.rshift_logical128(a, n), right)
-    assert same(R.rshift_logical128_numpy(a, n), right)
-    assert same(R.RING128.lshift(a, n), left)
-
-
-@given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 5), st.data())
-def test_matmul128_against_python_ints(m: int, k: int, n: int, data: st.DataObject) -> None:
-    a = data.draw(arr128((m, k)))
-    b = data.draw(arr128((k, n)))
-    expected = R.from_int128(np.matmul(py128(a), py128(b)) % M128)
-    assert same(R.matmul128(a, b), expected)
-    assert same(R.matmul128_numpy(a, b), expected)
-
-
-def test_matmul128_larger_and_batched() -> None:
-    rng = np.random.default_rng(3)
-    a = rng.integers(0, M64, (2, 9, 40, 2), dtype=np.uint64)
-    b = rng.integers(0, M64, (40, 1500, 2), dtype=np.uint64)  # large enough to go parallel
-    got = R.matmul128(a, b)
-    assert got.shape == (2, 9, 1500, 2)
-    for i in range(2):
-        assert same(got[i], R.matmul128_numpy(a[i], b))
-    with pytest.raises(ValueError):
-        R.matmul128(a[0], a[0])
-
-
-def test_to128_low64_and_conversions() -> None:
-    a = R.from_int(np.array([0, 1, M64 - 1], dtype=object))
-    x = R.to128(a)
-    assert py128(x).tolist() == [0, 1, M64 - 1]
-    assert same(R.low64(x), a)
-    neg = R.from_int128(np.array([-1, -2, 5], dtype=np.int64))
-    assert py128(neg).tolist() == [M128 - 1, M128 - 2, 5]
-    assert py128(R.from_int128(np.array([-(1 << 130), 1 << 127], dtype=object))).tolist() == [
-        (-(1 << 130)) % M128,
-        1 << 127,
-    ]
-    with pytest.raises(ValueError):
-        R.add128(np.zeros((3,), np.uint64), np.zeros((3,), np.uint64))
-
-
-# --- Ring bundles ----------------------------------------------------------------------------
-
-
-class FakePRG:
-    """Stands in for the AES-CTR PRG: only the interface matters here."""
-
-    def __init__(self) -> None:
-        self.rng = np.random.default_rng(5)
-        self.requested: list[tuple[int, ...]] = []
-
-    def ring_elements(self, shape: tuple[int, ...]) -> np.ndarray:
-        self.requested.append(shape)
-        return self.rng.integers(0, M64, shape, dtype=np.uint64)
-
-
-def test_ring_instances() -> None:
-    assert (R.RING64.bits, R.RING128.bits) == (64, 128)
-    assert R.RING64.zeros((2, 3)).shape == (2, 3)
-    assert R.RING128.zeros(4).shape == (4, 2)
-    prg = FakePRG()
-    assert R.RING64.random((2, 3), prg).shape == (2, 3)
-    assert R.RING128.random((2, 3), prg).shape == (2, 3, 2)
-    assert prg.requested == [(2, 3), (2, 3, 2)]
-    x = R.RING128.from_int([-1, 3])
-    assert R.RING128.to_pyint(x).tolist() == [M128 - 1, 3]
-    assert R.RING128.element_shape(x) == (2,)
-    assert R.RING64.to_pyint(R.RING64.from_int([-1])).tolist() == [M64 - 1]
-    a = R.RING128.from_int([[1, 2]])
-    b = R.RING128.from_int([[3], [4]])
-    assert R.RING128.to_pyint(R.RING128.matmul(a, b)).tolist() == [[11]]
-    assert R.RING64.matmul(np.eye(2, dtype=np.uint64), np.ones((2, 1), np.uint64)).tolist() == [
-        [1],
-        [1],
-    ]
-    with pytest.raises(ValueError):
-        R.Ring(32)

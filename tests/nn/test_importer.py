@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nn_helpers import randomize
+from conftest import randomize
 from torch import nn
 
 from nn import layers as L
-from nn.importer import ModelImportError, from_torch
+from nn.errors import ModelImportError
+from nn.importer import from_torch
 
 
 def _refused(module: nn.Module, input_shape: tuple[int, ...], *fragments: str) -> str:

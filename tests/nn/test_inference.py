@@ -1,5 +1,5 @@
-"""`nn.inference.classify`: the reference CNN under both passive schemes against torch, the
-per-layer report, who learns what, audit mode, and bad features.
+"""`nn.inference.classify`: the reference CNN under every scheme of the registry against
+torch, the per-layer report, who learns what, audit mode, and bad features.
 
 Reference CNN inputs. Weights are torch's default initialisation under a fixed seed; inputs
 are standard-normal (1, 40, 350) maps from a seeded generator. Its logits are small (|z| <
@@ -8,8 +8,11 @@ torch top-2 margin exceeds ``2 * REFERENCE_BOUND`` (53 qualify), for which a sec
 error within the bound cannot flip the label.
 
 ``REFERENCE_BOUND`` = 1e-3 on |secure logits - torch's float64 logits|: measured 2.3e-4 (both
-schemes) on these inputs, mostly the rounding of Dense(9408 -> 64)'s weights (fan-in 9408,
-each weight within 2^-17), so the bound has a margin of 4.
+passive schemes) on these inputs, mostly the rounding of Dense(9408 -> 64)'s weights (fan-in
+9408, each weight within 2^-17), so the bound has a margin of 4.
+
+The passive schemes classify all 50 inputs; the active ones fewer (`FEWER_INPUTS`), the first
+of the same 50, as a clip costs them much more.
 """
 
 from __future__ import annotations
@@ -17,20 +20,31 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nn_helpers import ULP, audit_bounds, randomize, top2_margin, torch_logits
-from torch import nn
+from conftest import ROUNDS, ULP, audit_bounds, tiny_cnn, top2_margin, torch_logits
 
 from experiments.models import INPUT_SHAPE, predict_logits, reference_cnn
 from nn import layers as L
 from nn.importer import from_torch
 from nn.inference import classify
 from nn.model import CLIENT
+from protocols.registry import SCHEMES
 
 REFERENCE_BOUND = 1e-3
 N_INPUTS = 50
-SCHEMES = ("replicated", "additive")
-RELU_ROUNDS = {"replicated": 8, "additive": 7}  # masked comparison, pinned per scheme
-AFFINE_ITEMS = {"replicated": 1, "additive": 2}  # (triple +) truncation pair
+#: Inputs of the reference CNN for the schemes that take far longer per clip (two busy cores:
+#: rep4 about 1.5 s a clip, replicated_mac about 5 s, spdz2k about 10 s and 2.3 GB for the
+#: dealer's comparison keys); the first of the same decisive inputs.
+FEWER_INPUTS = {"rep4": 4, "replicated_mac": 1, "spdz2k": 1}
+#: The scheme whose reference run is in audit mode too (auditing only adds reveals).
+AUDITED = "replicated"
+#: Preprocessing items a layer consumes: (triple +) truncation pair for conv / linear, one
+#: comparison for ReLU; rep4 and replicated_mac keep no per-layer material.
+AFFINE_ITEMS = {"replicated": 1, "additive": 2, "spdz2k": 2, "rep4": 0, "replicated_mac": 0}
+RELU_ITEMS = {"replicated": 1, "additive": 1, "spdz2k": 1, "rep4": 0, "replicated_mac": 0}
+
+
+def n_inputs(scheme: str) -> int:
+    return FEWER_INPUTS.get(scheme, N_INPUTS)
 
 
 @pytest.fixture(scope="module")
@@ -48,23 +62,37 @@ def reference():
     return module, model, candidates[keep], ref[keep]
 
 
+class _Runs(dict):
+    """One batch per scheme, classified on first use: `n_inputs(scheme)` of the decisive
+    inputs (all 50: about 25 s on two busy cores). The `AUDITED` scheme's run is in audit
+    mode too: auditing only adds reveals after each layer."""
+
+    def __init__(self, model, features) -> None:
+        super().__init__()
+        self.model, self.features = model, features
+
+    def __missing__(self, scheme: str):
+        result = classify(self.model, self.features[:n_inputs(scheme)], scheme=scheme,
+                          reveal_logits=True, audit=scheme == AUDITED)
+        self[scheme] = result
+        return result
+
+
 @pytest.fixture(scope="module")
 def runs(reference):
-    """One batch of all 50 inputs per scheme (about 25 s each on two busy cores). The
-    replicated run is in audit mode too: auditing only adds reveals after each layer."""
     _, model, features, _ = reference
-    return {"replicated": classify(model, features, scheme="replicated", reveal_logits=True,
-                                   audit=True),
-            "additive": classify(model, features, scheme="additive", reveal_logits=True)}
+    return _Runs(model, features)
 
 
 # -- the reference CNN against torch ---------------------------------------------------------
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", tuple(SCHEMES))
 def test_reference_cnn_labels_equal_torch(reference, runs, scheme):
     module, _, features, ref = reference
     result = runs[scheme]
     assert len(features) >= 50
-    assert result.labels.shape == (N_INPUTS,)
+    n = n_inputs(scheme)
+    features, ref = features[:n], ref[:n]
+    assert result.labels.shape == (n,)
     np.testing.assert_array_equal(result.labels, ref.argmax(axis=1))  # 100 %
     float32 = predict_logits(module, features.astype(np.float32)).numpy()
     np.testing.assert_array_equal(result.labels, float32.argmax(axis=1))
@@ -73,7 +101,7 @@ def test_reference_cnn_labels_equal_torch(reference, runs, scheme):
 
 
 # -- the per-layer report --------------------------------------------------------------------
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", tuple(SCHEMES))
 def test_reference_cnn_report(reference, runs, scheme):
     _, model, _, _ = reference
     result = runs[scheme]
@@ -84,12 +112,12 @@ def test_reference_cnn_report(reference, runs, scheme):
     assert all(name in table for name in names)
     assert f"scheme {scheme}" in table
     by_name = {r.name: r for r in result.layers}
-    n_compute = {"replicated": 3, "additive": 2}[scheme]
+    n_compute = SCHEMES[scheme].parties
     for layer in model.layers:
         row = by_name[layer.name]
         assert len(row.bytes_sent) == n_compute
         if isinstance(layer, L.ReLU):
-            assert row.rounds == RELU_ROUNDS[scheme] and row.items == 1
+            assert row.rounds == ROUNDS[scheme]["relu"] and row.items == RELU_ITEMS[scheme]
         elif isinstance(layer, L.Conv2d | L.Linear):
             assert row.items == AFFINE_ITEMS[scheme]
             assert row.rounds > 0 and max(row.bytes_sent) > 0
@@ -99,20 +127,25 @@ def test_reference_cnn_report(reference, runs, scheme):
     assert sum(isinstance(layer, L.ReLU) for layer in model.layers) == 3
     assert sum(isinstance(layer, L.Pool2d) for layer in model.layers) == 2
     online = result.online_rounds  # the weights are shared in the setup phase, not online
-    audit_reveals = len(model.layers) if scheme == "replicated" else 0  # one round each
-    assert online == sum(r.rounds for r in result.layers[1:]) + audit_reveals + 1  # + logits
+    audit_reveals = len(model.layers) if scheme == AUDITED else 0
+    # every reveal after the label's (the audit's, then the logits') is a later reveal
+    later_reveals = (audit_reveals + 1) * ROUNDS[scheme]["reveal again"]
+    assert online == sum(r.rounds for r in result.layers[1:]) + later_reveals
     assert result.setup_seconds > 0
-    # both send in the setup: replicated one share of each weight, additive the masked
-    # weights d = W - b, opened once per model and reused for every clip
+    # every scheme sends in the setup: e.g. replicated one share of each weight, additive the
+    # masked weights d = W - b, opened once per model and reused for every clip
     assert max(result.bytes_sent("setup")) > 0
     assert result.offline_seconds >= 0 and result.online_seconds > 0
+    if SCHEMES[scheme].dealer:
+        assert result.bytes_sent("offline")[-1] > 0  # the dealer's one message
 
 
 # -- who learns what -------------------------------------------------------------------------
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", tuple(SCHEMES))
 def test_only_the_client_learns_the_label(reference, runs, scheme):
     result = runs[scheme]
-    compute = result.parties[:{"replicated": 3, "additive": 2}[scheme]]
+    compute = result.parties[:SCHEMES[scheme].parties]
+    assert len(result.parties) == SCHEMES[scheme].endpoints(len(compute))
     assert [p.party_id for p in compute] == list(range(len(compute)))
     assert compute[CLIENT].result.labels is not None
     assert compute[CLIENT].result.logits is not None  # reveal_logits was asked for
@@ -127,14 +160,10 @@ def test_only_the_client_learns_the_label(reference, runs, scheme):
 
 @pytest.fixture(scope="module")
 def tiny():
-    module = randomize(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AvgPool2d(2),
-                                     nn.Flatten(), nn.Linear(2 * 2 * 2, 3)), 4)
-    model, _ = from_torch(module, (1, 6, 6))
-    features = np.random.default_rng(3).normal(size=(4, 1, 6, 6))
-    return module, model, features
+    return tiny_cnn(4)
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", tuple(SCHEMES))
 def test_logits_stay_secret_unless_asked_for(tiny, scheme):
     module, model, features = tiny
     result = classify(model, features, scheme=scheme)
@@ -165,9 +194,9 @@ def test_one_example_without_a_batch_axis(tiny):
 def test_audit_fills_every_layers_error_within_one_ulp_per_truncation(reference, runs):
     """Audit compares each layer's secure output with the emulator's: they differ only by the
     probabilistic truncations (at most one ULP each, then propagated through later layers'
-    l1 norms; `nn_helpers.audit_bounds`). The first convolution is within one ULP."""
+    l1 norms; `conftest.audit_bounds`). The first convolution is within one ULP."""
     _, model, _, _ = reference
-    result = runs["replicated"]
+    result = runs[AUDITED]
     rows = result.layers[2:2 + len(model.layers)]
     assert [r.name for r in rows] == [layer.name for layer in model.layers]
     bounds = audit_bounds(model)
@@ -177,10 +206,10 @@ def test_audit_fills_every_layers_error_within_one_ulp_per_truncation(reference,
     assert rows[0].max_error <= ULP
     assert all(r.max_error is None for r in result.layers[:2] + result.layers[-2:])
     assert "e-" in result.table()  # the error column is printed
-    assert all(r.max_error is None for r in runs["additive"].layers)
+    assert all(r.max_error is None for r in runs["additive"].layers)  # not audited
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", tuple(SCHEMES))
 def test_audit_on_a_small_model(tiny, scheme):
     _, model, features = tiny
     result = classify(model, features, scheme=scheme, audit=True)

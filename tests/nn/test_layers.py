@@ -1,8 +1,9 @@
 """Each layer type of `nn.from_torch`, imported from torch and run in the emulator and under
-both passive schemes, against torch in float64 on random shapes.
+the passive schemes of the registry (the fastest; tests/nn/test_inference.py runs CNNs under
+every scheme), against torch in float64 on random shapes.
 
-Every check goes through `nn_helpers.check_against_torch`: emulated and secure logits must be
-within the a-priori bound derived in `nn_helpers` (one rounding per weight and input, one
+Every check goes through `conftest.check_against_torch`: emulated and secure logits must be
+within the a-priori bound derived in conftest.py (one rounding per weight and input, one
 truncation per linear layer, propagated through the layers' l1 norms; of the order of 1e-4
 to 1e-3 for these tiny models at 16 fractional bits), and secure labels must equal torch's
 wherever torch's top-2 margin exceeds twice that bound.
@@ -11,9 +12,9 @@ wherever torch's top-2 margin exceeds twice that bound.
 from __future__ import annotations
 
 import numpy as np
+from conftest import check_against_torch, randomize, torch_logits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nn_helpers import check_against_torch, randomize, torch_logits
 from torch import nn
 
 from nn import layers as L

@@ -20,12 +20,14 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
+from conftest import run_secure
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from protocol_helpers import run_secure
 
 from mpc.errors import CheatingDetected, ProtocolError
+from mpc.net.expect import Expect
+from mpc.net.inprocess import InProcessNetwork
 from mpc.prg import PRG
 from protocols.blocks import binary_rep3 as br
 from protocols.blocks import bitslice
@@ -400,10 +402,16 @@ def test_local_errors():
     with pytest.raises(ValueError, match="AND of shapes"):
         engine.and_([(np.zeros((2, 3), U64), np.zeros((2, 4), U64))], "bad")
     assert not engine.pending
-    br._check_words(np.zeros(3, U64), 3, 1, "fine")
+    # the engine's receives state the words they expect; the channel refuses anything else
+    network = InProcessNetwork(2)
+    sender, receiver = network.channel(1, timeout=5), network.channel(0, timeout=5)
+    words = Expect.uint64(3)
+    sender.send(0, np.zeros(3, U64))
+    assert receiver.recv(1, expect=words, what="in fine").shape == (3,)
     for bad in (np.zeros(2, U64), np.zeros(3, np.int64), np.zeros((3, 1), U64)):
+        sender.send(0, bad)
         with pytest.raises(ProtocolError, match="party 1 sent"):
-            br._check_words(bad, 3, 1, "a step")
+            receiver.recv(1, expect=words, what="in a step")
 
 
 # -- end to end over the 3-party runtime ---------------------------------------------------------

@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mpc import ring128 as r128
 from mpc.prg import PRG
 from protocols.blocks import dcf
-from protocols.blocks import ring128_ops as r128
 
 EXAMPLES = settings(max_examples=25, deadline=None)
 SIGMAS = 5.5  # per bit-frequency test; about 1300 of them, so a false alarm is ~5e-5

@@ -1,76 +1,65 @@
-"""Tier 2 for `replicated_mac` (3 parties, replicated sharing with MACs mod 2^128, one
-malicious party): every primitive against plaintext, the sharing and MAC layout, pinned round
-counts and traffic, detection of altered messages anywhere in a message, and a CNN against
-torch. The message-by-message tamper sweep is in `test_tamper.py` (ACTIVE_SCHEMES).
+"""`replicated_mac` (`protocols/schemes/replicated_mac.py`: 3 parties, replicated sharing with
+MACs mod 2^128, one malicious party) beyond the shared bodies of test_base.py, test_tensor.py
+and test_functions.py (which run every primitive, the pinned round counts of conftest.ROUNDS
+and the comparison's view under replicated_mac too): the sharing and MAC layout, batched bit
+circuits, the verification of binary gates before a reveal, traffic, detection of altered
+messages anywhere in a message, and a small CNN against torch. The message-by-message tamper
+sweep is in test_tamper.py, the reference CNN in tests/nn/test_inference.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from conftest import (
+    EDGES,
+    ROUNDS,
+    VALUE_MAX,
+    RecordsOutputs,
+    assert_all_parties_agree,
+    i64,
+    op_rounds,
+    randomize,
+    reveal_all,
+    ring_values,
+    run_secure,
+    secret,
+    top2_margin,
+    torch_logits,
+)
+from external_helpers import (
+    alter_sent,
+    bundled_clips,
+    deploy,
+    loaded,
+    plaintext_labels,
+    run_external,
+    shift_input,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from nn_helpers import randomize, top2_margin, torch_logits
-from protocol_helpers import VALUE_MAX, busiest_rounds, i64, reveal_all, run_secure, secret, u64
 from torch import nn
 
-from mpc.errors import CheatingDetected
+from mpc import ring128 as r128
+from mpc.errors import CheatingDetected, ProtocolError
 from nn.importer import from_torch
 from nn.inference import classify
 from protocols.blocks import binary_rep3
-from protocols.blocks import ring128_ops as r128
-from protocols.functions import argmax, maximum
-from protocols.ops import Conv2d
+from protocols.ops import Mul
 from protocols.run import run
 from protocols.schemes import replicated_mac as rm
 from protocols.schemes.replicated_mac import ReplicatedMac
 from protocols.testing.tamper import Tamper, honest_message_counts
 
 SCHEME, N = "replicated_mac", 3
-EXAMPLES = settings(max_examples=8, deadline=None)
-EDGES = [0, 1, -1, 2, -2, VALUE_MAX, -VALUE_MAX, VALUE_MAX - 1, -VALUE_MAX + 1,
-         1 << 61, -(1 << 61), (1 << 63) - 1, -(1 << 63), (1 << 62), -(1 << 62)]
-ring_values = st.integers(0, (1 << 64) - 1)
-
-
-def ring_arrays(shape: tuple[int, ...]) -> st.SearchStrategy[np.ndarray]:
-    return hnp.arrays(np.uint64, shape, elements=ring_values)
 
 
 def run3(program):
     return run_secure(SCHEME, N, program)
 
 
-def everyone_agrees(reports) -> object:
-    first = reports[0].result
-    for report in reports[1:]:
-        for mine, theirs in zip(first, report.result, strict=True):
-            assert np.array_equal(mine, theirs)
-    return first
-
-
 # -- sharing -----------------------------------------------------------------------------------
-
-def test_registered_with_three_parties():
-    from protocols.run import DEFAULT_PARTIES, SCHEMES
-    assert SCHEMES[SCHEME] is ReplicatedMac and DEFAULT_PARTIES[SCHEME] == 3
-
-
-@EXAMPLES
-@given(data=st.data())
-def test_input_then_reveal_gives_the_value_back(data):
-    shape = data.draw(hnp.array_shapes(min_dims=0, max_dims=3, max_side=5), label="shape")
-    values = [data.draw(ring_arrays(shape), label=f"value of party {o}") for o in range(N)]
-
-    def program(p):
-        return [reveal_all(secret(p, values[o], o)) for o in range(N)]
-
-    for got, want in zip(everyone_agrees(run3(program)), values, strict=True):
-        assert got.dtype == np.uint64 and got.shape == want.shape
-        assert np.array_equal(got, want)
-
 
 def _components(reports, which):
     """{j: 128-bit value component j, j: MAC component j} from the three parties' shares,
@@ -88,7 +77,7 @@ def _components(reports, which):
     return held
 
 
-@EXAMPLES
+@settings(max_examples=8, deadline=None)
 @given(values=hnp.arrays(np.uint64, st.integers(1, 12), elements=ring_values),
        owner=st.integers(0, N - 1))
 def test_shares_are_replicated_and_carry_the_mac_mod_2_128(values, owner):
@@ -116,113 +105,7 @@ def test_shares_are_replicated_and_carry_the_mac_mod_2_128(values, owner):
             assert [int(v) % (1 << 64) for v in total_v] == [int(v) for v in values * values]
 
 
-def test_reveal_reaches_only_the_named_parties():
-    value = u64(np.arange(-3, 3))
-
-    def program(p):
-        x = secret(p, value, 2)
-        return x.reveal(to=1), x.reveal(to=[0, 2])
-
-    for report in run3(program):
-        to_one, to_two = report.result
-        assert (to_one is not None) == (report.party_id == 1)
-        assert (to_two is not None) == (report.party_id in (0, 2))
-        for got in (to_one, to_two):
-            if got is not None:
-                assert np.array_equal(got, value)
-
-
-# -- linear and bilinear ---------------------------------------------------------------------
-
-@EXAMPLES
-@given(data=st.data())
-def test_linear_operations_are_exact(data):
-    shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=2, max_side=5), label="shape")
-    x, y = data.draw(ring_arrays(shape)), data.draw(ring_arrays(shape))
-    c = data.draw(ring_arrays(shape))
-
-    def program(p):
-        a, b = secret(p, x, 0), secret(p, y, 2)
-        return (reveal_all(a + b), reveal_all(a - b), reveal_all(a + c), reveal_all(c - a),
-                reveal_all(a * c), reveal_all(-a), reveal_all(a.sum(axis=0)))
-
-    add, sub, add_c, c_sub, mul_c, neg, total = everyone_agrees(run3(program))
-    assert np.array_equal(add, x + y) and np.array_equal(sub, x - y)
-    assert np.array_equal(add_c, x + c) and np.array_equal(c_sub, c - x)
-    assert np.array_equal(mul_c, x * c) and np.array_equal(neg, np.negative(x))
-    assert np.array_equal(total, x.sum(axis=0, dtype=np.uint64))
-
-
-@EXAMPLES
-@given(data=st.data())
-def test_products_are_exact_mod_2_64(data):
-    m, k, n = (data.draw(st.integers(1, 4)) for _ in range(3))
-    x, y = data.draw(ring_arrays((m, k))), data.draw(ring_arrays((m, k)))
-    w = data.draw(ring_arrays((k, n)))
-    image = data.draw(ring_arrays((2, 2, 5, 4)))
-    kernel = data.draw(ring_arrays((3, 2, 3, 2)))
-
-    def program(p):
-        a, b, c = secret(p, x, 0), secret(p, y, 1), secret(p, w, 2)
-        img, ker = secret(p, image, 1), secret(p, kernel, 0)
-        return (reveal_all(a * b), reveal_all(a @ c), reveal_all(img.conv2d(ker)),
-                reveal_all(img.conv2d(ker, padding=(1, 1), stride=(2, 1))),
-                reveal_all(a @ w), reveal_all(img.conv2d(kernel)))
-
-    prod, mat, conv, conv_padded, mat_pub, conv_pub = everyone_agrees(run3(program))
-    assert np.array_equal(prod, x * y)
-    want = np.array([[sum(int(x[i, t]) * int(w[t, j]) for t in range(k)) % (1 << 64)
-                      for j in range(n)] for i in range(m)], dtype=object)
-    assert np.array_equal(mat.astype(object), want)
-    assert np.array_equal(mat_pub.astype(object), want)
-    assert np.array_equal(conv, Conv2d()(kernel, image))
-    assert np.array_equal(conv_pub, Conv2d()(kernel, image))
-    assert np.array_equal(conv_padded, Conv2d((2, 1), (1, 1))(kernel, image))
-
-
-# -- truncation and comparison -------------------------------------------------------------
-
-@EXAMPLES
-@given(drawn=st.lists(st.integers(-VALUE_MAX, VALUE_MAX), min_size=1, max_size=50),
-       frac_bits=st.integers(0, 40))
-def test_trunc_is_floor_or_one_more(drawn, frac_bits):
-    """The contract of `Protocol.trunc`: floor or one more, never further off; exact for
-    f <= 1 (no carry is left out). Both outcomes occur, so the bound is the real one."""
-    values = np.array(drawn + [0, 1, -1, VALUE_MAX, -VALUE_MAX], dtype=np.int64)
-
-    def program(p):
-        return reveal_all(secret(p, values, 1).trunc(frac_bits))
-
-    got = i64(everyone_agrees(run3(program)))
-    floor = np.array([v >> frac_bits for v in values.tolist()], dtype=np.int64)
-    assert set(np.unique(got - floor)) <= ({0} if frac_bits <= 1 else {0, 1}), got - floor
-
-
-def test_trunc_error_is_zero_or_one_and_both_happen():
-    values = np.random.default_rng(4).integers(-VALUE_MAX, VALUE_MAX, 4000)
-    got = i64(everyone_agrees(run3(lambda p: reveal_all(secret(p, values, 0).trunc(16)))))
-    error = got - (values >> 16)
-    assert set(np.unique(error)) == {0, 1}
-    assert 0.3 < error.mean() < 0.7  # the carry left out is 1 about half the time
-
-
-@EXAMPLES
-@given(drawn=st.lists(st.integers(-(1 << 63), (1 << 63) - 1), min_size=1, max_size=80))
-def test_ltz_and_relu_are_exact_on_the_whole_ring(drawn):
-    values = np.array(drawn + EDGES, dtype=np.int64)
-
-    def program(p):
-        x = secret(p, values, 0)
-        matrix = secret(p, values[:10].reshape(2, 5), 2)
-        return (reveal_all(x.ltz()), reveal_all(x.relu()), reveal_all(matrix.ltz()),
-                reveal_all(matrix.relu()))
-
-    ltz, relu, ltz_m, relu_m = everyone_agrees(run3(program))
-    assert np.array_equal(ltz, (values < 0).astype(np.uint64))
-    assert np.array_equal(i64(relu), np.maximum(values, 0))
-    assert np.array_equal(ltz_m, (values[:10] < 0).astype(np.uint64).reshape(2, 5))
-    assert np.array_equal(i64(relu_m), np.maximum(values[:10], 0).reshape(2, 5))
-
+# -- batched bit circuits ----------------------------------------------------------------------
 
 def test_batched_bit_circuits_match(monkeypatch):
     """Layers larger than a batch run batch by batch with the same results, and a full gate
@@ -235,80 +118,24 @@ def test_batched_bit_circuits_match(monkeypatch):
         x = secret(p, values, 0)
         return reveal_all(x.ltz()), reveal_all(x.relu()), reveal_all(x.trunc(3))
 
-    ltz, relu, trunc = everyone_agrees(run3(program))
+    ltz, relu, trunc = assert_all_parties_agree(run3(program))
     assert np.array_equal(ltz, (values < 0).astype(np.uint64))
     assert np.array_equal(i64(relu), np.maximum(values, 0))
     small = np.array([abs(int(v)) <= VALUE_MAX for v in values])  # trunc's promise
     assert set(np.unique(i64(trunc)[small] - (values[small] >> 3))) <= {0, 1}
 
 
-@EXAMPLES
-@given(data=st.data())
-def test_maximum_and_argmax_agree_with_numpy(data):
-    rows = data.draw(st.integers(1, 3), label="rows")
-    classes = data.draw(st.integers(1, 8), label="classes")
-    bound = (1 << 61) - 1
-    flat = data.draw(st.lists(st.integers(-bound, bound), min_size=rows * classes,
-                              max_size=rows * classes, unique=True), label="values")
-    values = np.array(flat, dtype=np.int64).reshape(rows, classes)
-
-    def program(p):
-        x = secret(p, values, 0)
-        return reveal_all(maximum(x)), reveal_all(argmax(x))
-
-    biggest, index = everyone_agrees(run3(program))
-    assert np.array_equal(i64(biggest), values.max(axis=-1))
-    assert np.array_equal(index, np.argmax(values, axis=-1).astype(np.uint64))
-
-
-def test_argmax_breaks_ties_towards_the_first_index():
-    values = np.array([[3, 3, 1, 0], [-2, 5, 5, 5], [7, 7, 7, 7]], dtype=np.int64)
-    got = run3(lambda p: reveal_all(argmax(secret(p, values, 0))))[0].result
-    assert np.array_equal(got, np.argmax(values, axis=-1).astype(np.uint64))
-
-
 # -- rounds and traffic ----------------------------------------------------------------------
 
-#: online rounds of each step, for the busiest party: trunc 2 + 3, ltz 8 + 3, relu the same
-#: (the selection rides in the last conversion round); a reveal's check is 4 rounds, plus 3
-#: when binary gates await verification
-ROUNDS = {"input": 2, "mul": 1, "matmul": 1, "trunc": 5, "ltz": 11, "relu": 11,
-          "check+reveal": 4, "binary check": 3, "reveal again": 1}
-
-
-def _rounds(body, size: int = 3) -> int:
-    values = np.arange(size, dtype=np.int64) - size // 2
-
-    def base(p):
-        return secret(p, values, 0), secret(p, values, 1)
-
-    def with_body(p):
-        x, y = base(p)
-        body(x, y)
-
-    return busiest_rounds(run3(with_body)) - busiest_rounds(run3(base))
+#: a reveal after binary gates (a comparison's, a truncation's) first verifies them: 3 more
+#: rounds than its check alone
+BINARY_CHECK_ROUNDS = 3
 
 
 @pytest.mark.parametrize("size", [1, 3000])
-def test_round_counts_are_pinned(size):
-    assert busiest_rounds(run3(lambda p: secret(p, np.zeros(size), 0))) == ROUNDS["input"]
-    assert _rounds(lambda x, y: x * y, size) == ROUNDS["mul"]
-    assert _rounds(lambda x, y: x.reshape(-1, 1) @ y.reshape(1, -1)[:, :3], size) == \
-        ROUNDS["matmul"]
-    assert _rounds(lambda x, y: x.trunc(16), size) == ROUNDS["trunc"]
-    assert _rounds(lambda x, y: x.ltz(), size) == ROUNDS["ltz"]
-    assert _rounds(lambda x, y: x.relu(), size) == ROUNDS["relu"]
-    assert _rounds(lambda x, y: x.reveal(0), size) == ROUNDS["check+reveal"]
-    assert _rounds(lambda x, y: x.ltz().reveal(0), size) == \
-        ROUNDS["ltz"] + ROUNDS["binary check"] + ROUNDS["check+reveal"]
-    assert _rounds(lambda x, y: (x.reveal(0), y.reveal(1)), size) == \
-        ROUNDS["check+reveal"] + ROUNDS["reveal again"]
-
-
-def test_argmax_takes_one_comparison_depth():
-    classes = 8
-    rounds = _rounds(lambda x, y: argmax(x.reshape(1, -1)), classes)
-    assert rounds == ROUNDS["ltz"] + int(np.ceil(np.log2(classes - 1)))
+def test_a_reveal_after_a_comparison_verifies_its_gates_first(size):
+    assert op_rounds(SCHEME, N, lambda x, y: x.ltz().reveal(0), size) == \
+        ROUNDS[SCHEME]["ltz"] + BINARY_CHECK_ROUNDS + ROUNDS[SCHEME]["reveal"]
 
 
 #: words of 64 bits each party sends per element: a passive product of 128-bit values is 2
@@ -368,12 +195,8 @@ def test_no_offline_phase():
 
 # -- detection anywhere in a message ---------------------------------------------------------
 
-class Program:
-    def __init__(self) -> None:
-        self.outputs: list[int] = []
-
-    def __deepcopy__(self, memo: dict) -> Program:
-        return self
+class Program(RecordsOutputs):
+    """A product with public-shaped weights, truncation, ReLU, reveal to party 1."""
 
     def __call__(self, p):
         x = secret(p, np.array([3 << 16, -(5 << 16), 1 << 10, -7], dtype=np.int64), 0)
@@ -428,16 +251,107 @@ def test_small_cnn_labels_and_logits_equal_torch():
     assert len(result.parties) == N
 
 
-@pytest.mark.slow
-def test_reference_cnn_label_equals_torch():
-    """One clip of the reference CNN with fresh random weights: about 3 s for the three
-    in-process parties, about 120 MB sent per party online."""
-    from experiments.models import INPUT_SHAPE, reference_cnn
-    torch.manual_seed(1234)
-    module = reference_cnn(8).eval()
-    model, _ = from_torch(module, INPUT_SHAPE)
-    features = np.random.default_rng(7).normal(size=(1, *INPUT_SHAPE))
-    ref = torch_logits(module, features)
-    result = classify(model, features, scheme=SCHEME, reveal_logits=True, timeout=900)
-    np.testing.assert_array_equal(result.labels, ref.argmax(axis=1))
-    assert np.abs(result.logits - ref).max() <= 1e-3
+# -- values from and to endpoints outside the computation (issue 17) --------------------------
+# A small program (both outside values enter; a product and a sum of them go back to the
+# client, so every party sends values that depend on both and the MAC check covers them),
+# a deployment of the bundled model, and compute party 1 deviating in each way the scheme
+# must catch. Deployments take 10-20 s here: two of them, the rest on the small program.
+
+CLIENT, OWNER = N, N + 1
+DEVIANT = 1
+
+
+def _outside_values(seed: int = 0, size: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 1 << 64, size=(2, 3), dtype=np.uint64)
+    w = rng.integers(0, 1 << 64, size=size, dtype=np.uint64)
+    return x, w
+
+
+def _product_and_sum(p, w, x):
+    """Shares of x * w[:6] + x (shares carry the 8 limb components first)."""
+    return p.add(p.bilinear(x, w[:, :6].reshape(-1, 2, 3), Mul()), x)
+
+
+def _expected(x, w):
+    return x * w[:6].reshape(2, 3) + x
+
+
+def test_outside_values_enter_and_leave_exactly_and_masks_cost_seeds_only():
+    """The client gets x w + x mod 2^64 (so [r~] + c passed the MAC check as a correct
+    authenticated sharing); the owner receives 2 seeds of 16 bytes from each party,
+    whatever the size of its value."""
+    received = {}
+    for size in (6, 6000):
+        x, w = _outside_values(size=size)
+        hook = lambda runtime, size=size: received.setdefault(size, runtime.channel)  # noqa: E731
+        assert np.array_equal(run_external(SCHEME, x, w, _product_and_sum, {OWNER: hook}),
+                              _expected(x, w))
+    small, large = (received[s].traffic for s in (6, 6000))
+    assert small.bytes_received == large.bytes_received <= N * (2 * 16 + 64)
+    assert large.bytes_sent - small.bytes_sent == N * 8 * (6000 - 6)
+
+
+def test_deployment_labels_like_plaintext():
+    clips = bundled_clips(2)
+    assert deploy(SCHEME, clips) == plaintext_labels(clips)
+
+
+@pytest.mark.parametrize("source", [CLIENT, OWNER])
+def test_a_shifted_share_of_an_outside_value_is_caught(monkeypatch, source):
+    """(a) Party 1 adds to its share of the features or of the weights after the input."""
+    x, w = _outside_values()
+    shift_input(monkeypatch, SCHEME, DEVIANT, source, 1 << 20)
+    with pytest.raises(CheatingDetected):
+        run_external(SCHEME, x, w, _product_and_sum)
+
+
+def test_a_shifted_last_bias_is_caught_in_a_deployment(monkeypatch):
+    """(a) in a deployment: the shift that decides every label under the passive method."""
+    bias_scale = 2 * loaded().secure.fixed.frac_bits
+    shift_input(monkeypatch, SCHEME, DEVIANT, OWNER, 1000 << bias_scale, position=-1)
+    with pytest.raises(CheatingDetected):
+        deploy(SCHEME, bundled_clips(1))
+
+
+@pytest.mark.parametrize("to", [CLIENT, OWNER])
+@pytest.mark.parametrize("position", [0, 3])
+def test_altered_mask_seeds_are_refused_naming_the_party(to, position):
+    """(b) Party 1 alters a seed of a component of r it sends the outside endpoint."""
+    x, w = _outside_values()
+    with pytest.raises(ProtocolError, match="party 1 .*sent different seeds"):
+        run_external(SCHEME, x, w, _product_and_sum,
+                     {DEVIANT: alter_sent(to, 0, position=position)})
+
+
+@pytest.mark.parametrize("position", [0, 11])
+def test_altered_result_components_are_refused_whatever_the_result(position):
+    """(c) Party 1 alters a copy of a component of the result it sends the client: refused,
+    naming party 1, for results that differ (so refusing tells party 1 nothing)."""
+    for seed in (0, 1):
+        x, w = _outside_values(seed)
+        with pytest.raises(ProtocolError, match="party 1 .*sent different copies"):
+            run_external(SCHEME, x, w, _product_and_sum,
+                         {DEVIANT: alter_sent(CLIENT, 1, position=position)})
+
+
+def test_a_false_confirmation_of_the_masked_value_is_caught(monkeypatch):
+    """(d) Party 1 vouches for another masked value than it received."""
+    original = ReplicatedMac._vouch_received
+
+    def lying(self, data):
+        if self.party_id == DEVIANT:
+            data = data ^ np.uint64(1)
+        original(self, data)
+
+    monkeypatch.setattr(ReplicatedMac, "_vouch_received", lying)
+    x, w = _outside_values()
+    with pytest.raises(CheatingDetected, match="vouched for a different transcript"):
+        run_external(SCHEME, x, w, _product_and_sum)
+
+
+def test_a_source_that_sends_parties_different_masked_values_is_caught():
+    """The confirmation's other half: the owner sends party 2 another x - r."""
+    x, w = _outside_values()
+    with pytest.raises(CheatingDetected, match="vouched for a different transcript"):
+        run_external(SCHEME, x, w, _product_and_sum, {OWNER: alter_sent(2, 0)})

@@ -1,22 +1,27 @@
 """SPDZ2k (2 and 3 parties, trusted dealer, MACs mod 2^128): every op against plaintext, the
-128-bit helpers against Python ints, the dealt material's MACs, rounds per op.
+128-bit bilinear ops against Python ints (the 128-bit arithmetic is in
+tests/mpc/test_ring128.py), the dealt material's MACs, rounds per op.
 
-Tamper and MAC-forgery tests are in tests/protocols/test_mac.py.
+The shared bodies of test_base.py, test_tensor.py and test_functions.py run every op under
+spdz2k (2 parties) too. The tamper sweep is in tests/protocols/test_tamper.py, MAC-forgery
+and DCF-error tests in tests/protocols/test_mac.py, the reference CNN against torch in
+tests/nn/test_inference.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import VALUE_MAX, i64, reveal_all, secret, u64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from protocol_helpers import VALUE_MAX, i64, reveal_all, secret, u64
 
+from mpc import ring128 as r128
 from mpc.errors import PreprocessingError
 from mpc.prg import PRG
 from protocols import functions
-from protocols.blocks import ring128_ops as r128
+from protocols.blocks.ring128_ops import bilinear
 from protocols.ops import Conv2d, MatMul, Mul
 from protocols.preprocessing import spdz2k_material as material
 from protocols.preprocessing.correlations import Request
@@ -45,49 +50,18 @@ def wide(shape, data, label):
     return r128.from_pyint(ints), ints
 
 
-# -- 128-bit helpers against Python ints -----------------------------------------------------
-@EXAMPLES
-@given(data=st.data())
-def test_ring128_elementwise_matches_python_ints(data):
-    shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=4))
-    x, xi = wide(shape, data, "x")
-    y, yi = wide(shape, data, "y")
-    v = data.draw(hnp.arrays(np.uint64, shape, elements=ring_values))
-    vi = v.astype(object)
-    assert np.array_equal(r128.to_pyint(r128.add(x, y)), (xi + yi) % M128)
-    assert np.array_equal(r128.to_pyint(r128.sub(x, y)), (xi - yi) % M128)
-    assert np.array_equal(r128.to_pyint(r128.neg(x)), (-xi) % M128)
-    assert np.array_equal(r128.to_pyint(r128.mul(x, y)), (xi * yi) % M128)
-    assert np.array_equal(r128.to_pyint(r128.mul_public(x, v)), (xi * vi) % M128)
-    assert np.array_equal(r128.to_pyint(r128.scale_pow2(x, 37)), (xi << 37) % M128)
-    total = r128.sum_axes(x, tuple(range(len(shape))))
-    assert int(r128.to_pyint(total)) == int(xi.sum()) % M128
-    assert np.array_equal(r128.to_pyint(r128.sum_axes(x, (0,), True)),
-                          xi.sum(axis=0, keepdims=True) % M128)
-
-
-@EXAMPLES
-@given(data=st.data())
-def test_dot_kernel_matches_its_twin_and_python_ints(data):
-    m = data.draw(st.integers(0, 40))
-    x, xi = wide((m,), data, "x")
-    c = data.draw(hnp.arrays(np.uint64, (m,), elements=ring_values))
-    got = r128.dot_public(x, c)
-    assert np.array_equal(got, r128.dot_public_numpy(x, c))
-    assert int(r128.to_pyint(got)) == int((xi * c.astype(object)).sum()) % M128
-
-
+# -- 128-bit bilinear ops against Python ints -------------------------------------------------
 @EXAMPLES
 @given(data=st.data())
 def test_ring128_bilinear_matches_python_ints(data):
     m, k, n = (data.draw(st.integers(1, 4)) for _ in range(3))
     a, ai = wide((2, m, k), data, "a")
     b, bi = wide((k, n), data, "b")
-    got = r128.to_pyint(r128.bilinear(MatMul(), a, b))
+    got = r128.to_pyint(bilinear(MatMul(), a, b))
     assert np.array_equal(got, np.matmul(ai, bi) % M128)
     w, wi = wide((2, 1, 2, 2), data, "w")
     x, xi = wide((1, 1, 3, 4), data, "x")
-    out = r128.to_pyint(r128.bilinear(Conv2d(), w, x))
+    out = r128.to_pyint(bilinear(Conv2d(), w, x))
     for o in range(2):
         for i in range(2):
             for j in range(3):
@@ -280,9 +254,9 @@ def online_rounds(n: int, op) -> int:
     def program(p):
         x = secret(p, np.arange(6, dtype=np.int64) - 3, 0)
         y = secret(p, np.arange(6, dtype=np.int64), 1)
-        before = p.channel.traffic.rounds if hasattr(p, "channel") else 0
+        before = p.channel.traffic.rounds if p.channel is not None else 0
         op(x, y)
-        return p.channel.traffic.rounds - before if hasattr(p, "channel") else 0
+        return p.channel.traffic.rounds - before if p.channel is not None else 0
 
     return max(r.result for r in run("spdz2k", program, n_parties=n)[:n])
 
@@ -334,8 +308,7 @@ def test_mul_broadcasts_like_numpy():
 
 def test_planner_records_inputs_and_reveals():
     from protocols.run import plan_of
-    plan = plan_of(lambda p: (secret(p, np.zeros(3), 0) * 2).reveal(1), 2,
-                   material.Spdz2kPlanner)
+    plan = plan_of(lambda p: (secret(p, np.zeros(3), 0) * 2).reveal(1), 2, "spdz2k")
     assert [r.kind for r in plan] == ["input", "reveal"]
     assert plan[0].other == (0,) and plan[1].other == (1,)
 
@@ -353,63 +326,3 @@ def test_products_of_public_and_secret(op):
                                            else secret(p, a, 1) @ a)])
     with np.errstate(over="ignore"):
         assert np.array_equal(got[0], op(a, a))
-
-
-# -- the reference CNN --------------------------------------------------------------------------
-@pytest.mark.slow
-def test_reference_cnn_under_spdz2k_equals_torch():
-    """One clip-sized input (about 10 s and 2.3 GB for the three in-process endpoints: the
-    2-party comparisons' DCF keys are about 3 KB per element, sent to both parties)."""
-    import torch
-    from nn_helpers import torch_logits
-
-    from experiments.models import INPUT_SHAPE, reference_cnn
-    from nn.importer import from_torch
-    from nn.inference import classify
-
-    torch.manual_seed(1234)
-    module = reference_cnn(8).eval()
-    model, _ = from_torch(module, INPUT_SHAPE)
-    features = np.random.default_rng(7).normal(size=(1, *INPUT_SHAPE))
-    ref = torch_logits(module, features)
-    result = classify(model, features, scheme="spdz2k", reveal_logits=True, timeout=300)
-    np.testing.assert_array_equal(result.labels, ref.argmax(axis=1))
-    assert np.abs(result.logits - ref).max() <= 1e-3
-    relu = [layer for layer in result.layers if layer.name.startswith("relu")]
-    assert {layer.rounds for layer in relu} == {2}  # the 2-party DCF comparison
-    assert result.bytes_sent("offline")[-1] > 0  # the dealer's one message
-
-
-@EXAMPLES
-@given(data=st.data())
-def test_replicated_product_kernel_matches_composed_operations(data):
-    """`replicated_product` (numba, one pass) against mul/add/sub and Python ints, with the
-    first operand broadcast as the MAC key is."""
-    m = data.draw(st.integers(1, 30))
-
-    def replicated(label):  # two 128-bit components (4, m) and their Python ints (2, m)
-        x, xi = wide((2, m), data, label)
-        return r128.interleave(x[0], x[1]), xi
-
-    a, ai = replicated("a")
-    b, bi = replicated("b")
-    own, oi = wide((m,), data, "own")
-    nxt, ni = wide((m,), data, "next")
-    for left in (a, a[:, :1]):
-        want = r128.sub(r128.add(r128.add(r128.mul(left[0:2], r128.add(b[0:2], b[2:4])),
-                                          r128.mul(left[2:4], b[0:2])), own), nxt)
-        assert np.array_equal(r128.replicated_product(left, b, own, nxt), want)
-    got = r128.to_pyint(r128.replicated_product(a, b, own, nxt))
-    assert np.array_equal(got, (ai[0] * (bi[0] + bi[1]) + ai[1] * bi[0] + oi - ni) % M128)
-
-
-@EXAMPLES
-@given(data=st.data())
-def test_combination_kernel_matches_composed_operations(data):
-    m = data.draw(st.integers(1, 20))
-    xs = [wide((2, m), data, f"x{t}")[0].reshape(4, m) for t in range(3)]
-    cs = data.draw(st.lists(ring_values, min_size=3, max_size=3), label="constants")
-    want = r128.add(r128.add(r128.mul_public(xs[0], np.uint64(cs[0])),
-                             r128.mul_public(xs[1], np.uint64(cs[1]))),
-                    r128.mul_public(xs[2], np.uint64(cs[2])))
-    assert np.array_equal(r128.combination(xs, cs), want)

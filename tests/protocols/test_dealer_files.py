@@ -1,4 +1,7 @@
-"""Preprocessing is single-use and follows the plan; the dealer's file mode."""
+"""The dealer's file mode (`protocols/preprocessing/dealer_files.py`): material written to one
+file per party runs a layer like the networked dealer, loads once, and refuses files of
+another plan, party or party count, tampered or damaged files, and schemes without a
+dealer."""
 
 from __future__ import annotations
 
@@ -6,98 +9,17 @@ import functools
 
 import numpy as np
 import pytest
-from protocol_helpers import i64, reveal_all, run_clear, secret
+from conftest import i64, reveal_all, run_clear, secret
 
 from mpc.errors import PreprocessingError
 from mpc.launch import run_threads
 from mpc.runtime import RunConfig
-from protocols.ops import MatMul, Mul
+from protocols.ops import Mul
 from protocols.preprocessing import dealer_files
 from protocols.preprocessing.correlations import Request
-from protocols.preprocessing.store import MaterialStore
-from protocols.run import SCHEMES, dealer_role, party_role, plan_of, run
+from protocols.run import plan_of, run
 from protocols.schemes.additive import Additive
 from protocols.schemes.replicated import Replicated
-
-# -- the store ---------------------------------------------------------------------------------
-
-MUL3 = Request("triple", (3,), (3,), op=Mul())
-TRUNC3 = Request("trunc", (3,), frac_bits=16)
-
-
-def test_material_cannot_be_taken_twice():
-    store = MaterialStore()
-    store.add(MUL3, {"a": np.zeros(3, dtype=np.uint64)})
-    assert len(store) == 1
-    store.take(MUL3)
-    assert len(store) == 0 and store.used == 1
-    with pytest.raises(PreprocessingError, match="no preprocessing material left"):
-        store.take(MUL3)
-
-
-def test_material_is_handed_out_in_plan_order_only():
-    store = MaterialStore()
-    store.add(MUL3, {})
-    store.add(TRUNC3, {})
-    with pytest.raises(PreprocessingError, match="planned as triple .* asks for trunc"):
-        store.take(TRUNC3)
-    with pytest.raises(PreprocessingError, match="plan and program differ"):
-        store.take(Request("triple", (3,), (3,), op=MatMul()))  # same shapes, other op
-    with pytest.raises(PreprocessingError):
-        store.take(Request("trunc", (3,), frac_bits=16))
-    store.take(MUL3)
-    with pytest.raises(PreprocessingError):
-        store.take(Request("trunc", (3,), frac_bits=8))  # same kind and shape, other f
-    store.take(TRUNC3)
-
-
-# -- a program against another program's plan --------------------------------------------------
-
-X = np.array([3, -4, 5], dtype=np.int64) << 16
-
-
-def mul_once(p):
-    x = secret(p, X, 0)
-    return reveal_all((x * x).trunc(16))
-
-
-def mul_twice(p):
-    x = secret(p, X, 0)
-    return reveal_all(((x * x).trunc(16) * x).trunc(16))
-
-
-def compare_instead(p):
-    x = secret(p, X, 0)
-    return reveal_all(x.ltz().trunc(16))
-
-
-def run_with_plan(scheme: str, n_parties: int, program, plan: list[Request]):
-    """Like `protocols.run.run`, but the offline phase deals `plan`, not the program's."""
-    roles = [functools.partial(party_role, scheme=scheme, program=program, plan=plan)
-             for _ in range(n_parties)]
-    needs_dealer = SCHEMES[scheme].needs_dealer
-    if needs_dealer:
-        roles.append(functools.partial(dealer_role, plan=plan))
-    return run_threads(roles, RunConfig(n_parties=n_parties, timeout=20.0,
-                                        dealer=needs_dealer))
-
-
-@pytest.mark.parametrize(("scheme", "n_parties"), [("additive", 2), ("additive", 3),
-                                                    ("replicated", 3)])
-def test_asking_for_more_than_planned_fails(scheme, n_parties):
-    plan = plan_of(mul_once, n_parties)
-    assert run_with_plan(scheme, n_parties, mul_once, plan)  # the plan fits its program
-    with pytest.raises(PreprocessingError, match="no preprocessing material left .* more "
-                                                 "than was planned"):
-        run_with_plan(scheme, n_parties, mul_twice, plan)
-
-
-@pytest.mark.parametrize(("scheme", "n_parties"), [("additive", 2), ("replicated", 3)])
-def test_asking_for_something_else_than_planned_fails(scheme, n_parties):
-    plan = plan_of(mul_once, n_parties)
-    with pytest.raises(PreprocessingError, match="plan and program differ"):
-        run_with_plan(scheme, n_parties, compare_instead, plan)
-
 
 # -- the dealer's files -------------------------------------------------------------------------
 
@@ -116,6 +38,12 @@ def layer(p):
             reveal_all(scaled.ltz()))
 
 
+def products_only(p):
+    """Another program than `layer`: its product, truncated twice."""
+    x = secret(p, np.round(XS * (1 << F)).astype(np.int64), 0)
+    return reveal_all(((x * x).trunc(F) * x).trunc(F))
+
+
 def file_party(runtime, program, plan, paths):
     protocol = Additive(runtime)
     dealer_files.use_material_file(protocol, paths[runtime.party_id], plan)
@@ -124,7 +52,7 @@ def file_party(runtime, program, plan, paths):
 
 
 def run_from_files(program, n_parties: int, paths, plan=None):
-    plan = plan_of(program, n_parties) if plan is None else plan
+    plan = plan_of(program, n_parties, "additive") if plan is None else plan
     roles = [functools.partial(file_party, program=program, plan=plan, paths=paths)
              for _ in range(n_parties)]
     return run_threads(roles, RunConfig(n_parties=n_parties, timeout=20.0))
@@ -143,7 +71,7 @@ def check_layer(result):
 
 @pytest.mark.parametrize("n_parties", [2, 3])
 def test_material_from_files_runs_a_layer_like_the_networked_dealer(tmp_path, n_parties):
-    plan = plan_of(layer, n_parties)
+    plan = plan_of(layer, n_parties, "additive")
     assert [r.kind for r in plan] == ["triple", "trunc", "relu", "ltz"]
     paths = dealer_files.write_material(plan, n_parties, tmp_path)
     assert [p.name for p in paths] == [f"party-{i}.material" for i in range(n_parties)]
@@ -162,7 +90,7 @@ def test_material_from_files_runs_a_layer_like_the_networked_dealer(tmp_path, n_
 
 
 def test_a_file_loads_once(tmp_path):
-    plan = plan_of(layer, 2)
+    plan = plan_of(layer, 2, "additive")
     paths = dealer_files.write_material(plan, 2, tmp_path)
     store = dealer_files.load_material(paths[1], plan, 1, 2)
     assert len(store) == len(plan)
@@ -174,7 +102,7 @@ def test_a_file_loads_once(tmp_path):
 
 
 def test_files_are_plain_arrays_and_only_the_last_party_gets_corrections(tmp_path):
-    plan = plan_of(layer, 3)
+    plan = plan_of(layer, 3, "additive")
     paths = dealer_files.write_material(plan, 3, tmp_path)
     sizes = []
     for path in paths:
@@ -189,9 +117,9 @@ def test_files_are_plain_arrays_and_only_the_last_party_gets_corrections(tmp_pat
 
 
 def test_a_mismatched_plan_is_refused_and_leaves_the_file(tmp_path):
-    plan = plan_of(layer, 2)
+    plan = plan_of(layer, 2, "additive")
     paths = dealer_files.write_material(plan, 2, tmp_path)
-    other_plan = plan_of(mul_twice, 2)
+    other_plan = plan_of(products_only, 2, "additive")
     with pytest.raises(PreprocessingError, match=r"party-0\.material.*different plan"):
         dealer_files.load_material(paths[0], other_plan, 0, 2)
     reordered = plan[1:] + plan[:1]
@@ -205,7 +133,7 @@ def test_a_mismatched_plan_is_refused_and_leaves_the_file(tmp_path):
 
 
 def test_a_file_for_another_party_or_party_count_is_refused(tmp_path):
-    plan = plan_of(layer, 2)
+    plan = plan_of(layer, 2, "additive")
     paths = dealer_files.write_material(plan, 2, tmp_path)
     with pytest.raises(PreprocessingError, match=r"party-1\.material.* dealt to party 1 of 2, "
                                                  r"not to party 0 of 2"):
@@ -220,7 +148,7 @@ def rewrite(path, arrays) -> None:
 
 
 def test_tampered_files_are_refused(tmp_path):
-    plan = plan_of(layer, 2)
+    plan = plan_of(layer, 2, "additive")
     paths = dealer_files.write_material(plan, 2, tmp_path)
     with np.load(paths[1]) as archive:
         arrays = {name: archive[name] for name in archive.files}
@@ -247,7 +175,7 @@ def test_tampered_files_are_refused(tmp_path):
 
 
 def test_missing_files_and_reused_directories_are_errors(tmp_path):
-    plan = plan_of(layer, 2)
+    plan = plan_of(layer, 2, "additive")
     with pytest.raises(PreprocessingError, match="does not exist"):
         dealer_files.load_material(tmp_path / "party-0.material", plan, 0, 2)
     dealer_files.write_material(plan, 2, tmp_path)
@@ -258,44 +186,9 @@ def test_missing_files_and_reused_directories_are_errors(tmp_path):
 
 
 def test_only_dealer_schemes_take_material_files(tmp_path):
-    plan = plan_of(mul_once, 3)
+    plan = plan_of(products_only, 3, "additive")
     paths = dealer_files.write_material(plan, 3, tmp_path)
     replicated = object.__new__(Replicated)  # no runtime needed to be refused
     with pytest.raises(TypeError, match="replicated"):
         dealer_files.use_material_file(replicated, paths[0], plan)
     assert paths[0].exists()
-
-
-def test_fixed_operand_is_opened_once_and_reused_across_products():
-    """Model weights: d = W - b opens in the setup, later products open only the input."""
-    import numpy as np
-
-    from protocols.run import run
-    from protocols.tensor import SecretTensor
-
-    rng = np.random.default_rng(5)
-    w = rng.integers(-1000, 1000, (6, 3)).astype(np.int64).astype(np.uint64)
-    xs = [rng.integers(-1000, 1000, (2, 6)).astype(np.int64).astype(np.uint64) for _ in range(3)]
-
-    class Program:
-        def setup(self, p):
-            self.w = SecretTensor.input(p, w if p.plays(1) else None, 1, w.shape)
-            p.fix_operand(self.w.share)
-
-        def __call__(self, p):
-            outs, sent = [], []
-            for x in xs:
-                channel = getattr(p, "channel", None)
-                before = channel.traffic.bytes_sent if channel else 0
-                sx = SecretTensor.input(p, x if p.plays(0) else None, 0, x.shape)
-                outs.append((sx @ self.w).reveal(0))
-                sent.append((channel.traffic.bytes_sent - before) if channel else 0)
-            return outs, sent
-
-    reports = run("additive", Program(), n_parties=2)
-    outs, sent = reports[0].result
-    for x, out in zip(xs, outs, strict=True):
-        assert np.array_equal(out, x @ w)
-    # each product opens only the 2x6 input (plus the reveal), never the 6x3 weights again
-    assert all(s < 8 * (2 * 6 + 2 * 3) + 200 for s in sent)
-    assert reports[0].setup.bytes_sent >= 8 * w.size  # d = W - b, once

@@ -1,0 +1,94 @@
+"""The scheme registry: every fact about a scheme that code outside the scheme needs.
+
+A `Scheme` names a `Protocol` class and says, in one place, what the command line, the
+deployment roles, the paper reproduction and the benchmarks need to know of it: how many
+parties it runs on by default and which counts it allows, whether a dealer serves it, the
+setting and threat model in words, and how it is batched. Facts that the protocol itself
+relies on (party counts, the dealer) are read from the class, so they exist once.
+
+Adding a scheme: write `protocols/schemes/<name>.py` (a `Protocol` subclass) and add one
+`Scheme(...)` line to `SCHEMES` below; everything else reads this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mpc.errors import ConfigError
+from protocols.base import Protocol
+from protocols.schemes.additive import Additive
+from protocols.schemes.rep4 import Rep4
+from protocols.schemes.replicated import Replicated
+from protocols.schemes.replicated_mac import ReplicatedMac
+from protocols.schemes.spdz2k import Spdz2k
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One secret-sharing scheme as the rest of the framework sees it."""
+
+    protocol: type[Protocol]
+    setting: str  # e.g. "3PC passive": parties and adversary, in the paper's terms
+    threat: str  # who may deviate or collude, and what stays protected
+    cost: str  # one line for the command line's help: what a clip costs
+    batchable: bool = True  # whether a batch of clips fits memory and time for reproduction
+    max_bench_batch: int | None = None  # largest batch the benchmarks run (None: all)
+    comparison: str = ""  # the comparison path at the default party count, if notable
+
+    @property
+    def name(self) -> str:
+        return self.protocol.name
+
+    @property
+    def parties(self) -> int:
+        """The default number of compute parties."""
+        return self.protocol.default_parties
+
+    @property
+    def dealer(self) -> bool:
+        """Whether a dealer endpoint (id = number of compute parties) serves preprocessing."""
+        return self.protocol.needs_dealer
+
+    def party_count(self, requested: int | None) -> int:
+        """`requested` compute parties (default if None), refused if the scheme cannot."""
+        n = self.parties if requested is None else requested
+        self.protocol.check_party_count(n)
+        return n
+
+    def endpoints(self, n_parties: int) -> int:
+        """Compute parties plus the dealer, if any."""
+        return n_parties + (1 if self.dealer else 0)
+
+
+#: Every scheme, in the order tables list them: by party count, passive before active.
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (
+    Scheme(Additive, "2PC passive (dealer)",
+           "semi-honest; any n-1 of the compute parties may collude; the dealer colludes "
+           "with nobody", "2PC passive with a dealer"),
+    Scheme(Spdz2k, "2PC active (dealer)",
+           "all but one compute party may deviate (abort on cheating); the dealer is trusted",
+           "2PC active with a dealer (about 0.5 s online and 5 s of dealing per clip)",
+           batchable=False, max_bench_batch=1, comparison="DCF comparisons"),
+    Scheme(Replicated, "3PC passive",
+           "semi-honest, honest majority: any one party learns nothing",
+           "3PC passive, the fastest"),
+    Scheme(ReplicatedMac, "3PC active",
+           "one party may deviate arbitrarily (abort on cheating), honest majority",
+           "3PC active (about 1.5 s per clip)", batchable=False, max_bench_batch=1),
+    Scheme(Rep4, "4PC active",
+           "one party may deviate arbitrarily (abort on cheating), honest majority",
+           "4PC active"),
+)}
+
+#: The scheme commands and library calls use when none is named.
+DEFAULT = "replicated"
+
+
+def get(scheme: str | Scheme) -> Scheme:
+    """The registered scheme of that name (a `Scheme` is returned as it is)."""
+    if isinstance(scheme, Scheme):
+        return scheme
+    try:
+        return SCHEMES[scheme]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown scheme {scheme!r}; choose from {sorted(SCHEMES)}") from None
