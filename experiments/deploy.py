@@ -98,13 +98,23 @@ def _send_json(channel: Channel, peers: list[int], document: dict) -> None:
     channel.exchange(dict.fromkeys(peers, data), ())
 
 
-def _recv_json(channel: Channel, peer: int) -> dict:
+#: Largest control document a peer may send (a model description is a few kB).
+MAX_DOCUMENT_BYTES = 1 << 20
+
+
+def _recv_json(channel: Channel, peer: int, keys: tuple[str, ...] = ()) -> dict:
+    """A JSON object from `peer` holding `keys`, or a `ProtocolError` naming the peer."""
     raw = channel.recv_bytes(peer)
+    where = f"{channel.who(peer)} sent a malformed document at step '{channel.step}'"
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        raise ProtocolError(f"{where}: {len(raw)} bytes, at most {MAX_DOCUMENT_BYTES}")
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"{channel.who(peer)} sent a malformed document at step "
-                            f"'{channel.step}': {exc}") from None
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: e.g. a 5000-digit number
+        raise ProtocolError(f"{where}: {exc}") from None
+    if keys and (not isinstance(document, dict) or any(k not in document for k in keys)):
+        raise ProtocolError(f"{where}: expected an object with {', '.join(keys)}")
+    return document
 
 
 # -- the compute parties' program --------------------------------------------------------
@@ -172,7 +182,7 @@ def compute_party_role(runtime: Runtime, roles: Roles) -> None:
     """Learn the model and the batch, plan, preprocess, compute, send the labels out."""
     channel = runtime.channel
     with channel.stage("model description"):
-        document = _recv_json(channel, roles.model_owner)
+        document = _recv_json(channel, roles.model_owner, ("model",))
     model = from_description(document["model"])
     with channel.stage("client request"):
         batch = checked_batch(_recv_json(channel, roles.client), channel.who(roles.client))
@@ -183,7 +193,7 @@ def compute_party_role(runtime: Runtime, roles: Roles) -> None:
 
 def dealer_role_of(runtime: Runtime, roles: Roles) -> None:
     """Learn the shapes, plan, and serve the preprocessing."""
-    model = from_description(_recv_json(runtime.channel, roles.model_owner)["model"])
+    model = from_description(_recv_json(runtime.channel, roles.model_owner, ("model",))["model"])
     batch = checked_batch(_recv_json(runtime.channel, roles.client),
                           runtime.channel.who(roles.client))
     plan = plan_of(ExternalInference(model, batch, roles), roles.compute, roles.scheme)
@@ -206,7 +216,7 @@ def client_role(runtime: Runtime, roles: Roles, clips: list[str | os.PathLike]) 
 
     channel = runtime.channel
     with channel.stage("model description"):
-        document = _recv_json(channel, roles.model_owner)
+        document = _recv_json(channel, roles.model_owner, ("model", "features"))
     model = from_description(document["model"])
     config = audio.FeatureConfig.from_dict(document["features"])
     features = np.stack([audio.features(audio.load(c, sample_rate=config.sample_rate),

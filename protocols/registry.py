@@ -31,6 +31,7 @@ class Scheme:
     setting: str  # e.g. "3PC passive": parties and adversary, in the paper's terms
     threat: str  # who may deviate or collude, and what stays protected
     cost: str  # one line for the command line's help: what a clip costs
+    active: bool = False  # secure against a deviating party (with abort), or passive only
     batchable: bool = True  # whether a batch of clips fits memory and time for reproduction
     max_bench_batch: int | None = None  # largest batch the benchmarks run (None: all)
     comparison: str = ""  # the comparison path at the default party count, if notable
@@ -68,16 +69,16 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme(Spdz2k, "2PC active (dealer)",
            "all but one compute party may deviate (abort on cheating); the dealer is trusted",
            "2PC active with a dealer (about 0.5 s online and 5 s of dealing per clip)",
-           batchable=False, max_bench_batch=1, comparison="DCF comparisons"),
+           active=True, batchable=False, max_bench_batch=1, comparison="DCF comparisons"),
     Scheme(Replicated, "3PC passive",
            "semi-honest, honest majority: any one party learns nothing",
            "3PC passive, the fastest"),
     Scheme(ReplicatedMac, "3PC active",
            "one party may deviate arbitrarily (abort on cheating), honest majority",
-           "3PC active (about 1.5 s per clip)", batchable=False, max_bench_batch=1),
+           "3PC active (about 1.5 s per clip)", active=True, batchable=False, max_bench_batch=1),
     Scheme(Rep4, "4PC active",
            "one party may deviate arbitrarily (abort on cheating), honest majority",
-           "4PC active"),
+           "4PC active", active=True),
 )}
 
 #: The scheme commands and library calls use when none is named.

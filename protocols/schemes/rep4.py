@@ -620,7 +620,7 @@ class Rep4(Protocol):
         size = int(np.prod(shape, dtype=np.int64))
         seeds = {j: self._mask(j, SEED_WORDS) for j in range(N)}
         held = [(self.party_id + 1 + c) % N for c in range(3)]
-        what = f"input from the {self.channel.role(source)}"
+        what = f"input from {self.channel.who(source)}"
         got = self.channel.exchange({source: np.concatenate([seeds[j] for j in held])},
                                     (source,), expect=Expect.uint64(shape),
                                     what=f"as the masked {what}")
@@ -635,7 +635,7 @@ class Rep4(Protocol):
 
     def reveal_external(self, x: np.ndarray, target: int) -> None:
         """Check everything so far, then send `target` this party's three components."""
-        self._check(f"the output to the {self.channel.role(target)}")
+        self._check(f"the output to {self.channel.who(target)}")
         self.channel.send(target, np.ascontiguousarray(x.reshape(3, -1)))
 
     @classmethod

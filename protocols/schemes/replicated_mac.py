@@ -533,7 +533,7 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         shape = tuple(shape)
         # one 128-bit element from each key: SEED_WORDS words, a PRG seed
         own_seed, next_seed = (s.reshape(SEED_WORDS) for s in self._draw((1,)))
-        what = f"input from the {self.channel.role(source)}"
+        what = f"input from {self.channel.who(source)}"
         self.channel.send(source, np.concatenate([own_seed, next_seed]))
         v = np.concatenate([PRG(seed.tobytes()).ring_elements((2, *shape))
                             for seed in (own_seed, next_seed)])
@@ -556,7 +556,7 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
     def reveal_external(self, x: np.ndarray, target: int) -> None:
         """MAC-check everything so far, then send `target` the low limbs of this party's two
         components (x~_i, x~_{i+1})."""
-        self.check(f"the output to the {self.channel.role(target)}")
+        self.check(f"the output to {self.channel.who(target)}")
         self.channel.send(target, np.ascontiguousarray(np.stack([x[0], x[2]]).reshape(2, -1)))
 
     @classmethod

@@ -118,3 +118,36 @@ def test_checker_catches_violations(tmp_path, monkeypatch):
     audio_problems = _violations("audio")
     assert audio_problems == ["audio/bad.py:1 imports protocols.run",
                               "audio/bad.py:3 imports nn.layers"]
+
+
+#: Modules that reach the network or the process table: only the transport may use them.
+TRANSPORT_ONLY = ("socket", "ssl", "select", "selectors", "multiprocessing", "mpc.net.tcp",
+                  "mpc.net.inprocess", "mpc.launch", "mpc.cluster")
+
+
+#: The one module of protocols/ that starts parties (threads or processes) for a run.
+LAUNCHER = Path("protocols/run.py")
+
+
+def _transport_uses(package: str) -> list[str]:
+    return sorted(f"{path.relative_to(ROOT)}:{line} imports {name}"
+                  for path in _files(package) if path.relative_to(ROOT) != LAUNCHER
+                  for line, name in _imports(path)
+                  if any(name == m or name.startswith(m + ".") for m in TRANSPORT_ONLY))
+
+
+def test_protocol_code_never_touches_sockets():
+    """Schemes, blocks and layers talk only through the `Channel` they are given; sockets,
+    TLS and process launchers stay in mpc (and the deployment in experiments). The runner
+    `protocols/run.py` starts the parties through `mpc.launch` and is the one exception."""
+    problems = _transport_uses("protocols") + _transport_uses("nn")
+    assert not problems, "protocol code reaches the transport:\n" + "\n".join(problems)
+
+
+def test_the_socket_check_catches_a_scheme_with_a_socket(tmp_path, monkeypatch):
+    (tmp_path / "protocols" / "schemes").mkdir(parents=True)
+    (tmp_path / "protocols" / "schemes" / "leaky.py").write_text(
+        "def f():\n    import socket\nfrom mpc.net import tcp\n")
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    assert _transport_uses("protocols") == ["protocols/schemes/leaky.py:2 imports socket",
+                                            "protocols/schemes/leaky.py:3 imports mpc.net.tcp"]

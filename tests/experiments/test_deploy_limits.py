@@ -104,3 +104,28 @@ def test_a_request_that_is_not_an_object_is_refused(no_planning) -> None:
     roles = Roles.for_scheme(registry.get("replicated"))
     with pytest.raises(ProtocolError, match="the client sent a request without a batch"):
         deploy.compute_party_role(SimpleNamespace(channel=_Inbox(roles, [65])), roles)
+
+
+class _Raw(_Inbox):
+    """A channel whose client sends the given raw bytes."""
+
+    def __init__(self, roles: Roles, raw: bytes) -> None:
+        super().__init__(roles, {})
+        self.raw = raw
+
+    def recv_bytes(self, peer: int, *, what: str = "") -> bytes:
+        return self.raw
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"[1, 2]", b'{"batch": ' + b"9" * 5000 + b"}",
+                                 b"{" + b" " * (deploy.MAX_DOCUMENT_BYTES + 1) + b"}"])
+def test_a_malformed_document_names_its_sender(raw):
+    roles = Roles.for_scheme(registry.get("replicated"))
+    with pytest.raises(ProtocolError, match="the client sent a malformed document"):
+        deploy._recv_json(_Raw(roles, raw), roles.client, ("batch",))
+
+
+def test_a_document_without_the_expected_fields_is_refused():
+    roles = Roles.for_scheme(registry.get("replicated"))
+    with pytest.raises(ProtocolError, match="expected an object with model"):
+        deploy._recv_json(_Raw(roles, b'{"features": {}}'), roles.model_owner, ("model",))

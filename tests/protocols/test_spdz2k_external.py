@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -41,7 +41,6 @@ Hook = Callable[[Runtime], None]
 @dataclass
 class Affine:
     roles: Roles
-    rounds: dict = field(default_factory=dict)
 
     def setup(self, protocol) -> None:
         self.w = SecretTensor.input_external(protocol, self.roles.model_owner, SHAPE)
@@ -86,9 +85,9 @@ def _small(n: int, w: np.ndarray, x: np.ndarray, hooks: dict[int, Hook] | None =
 
 
 def _values(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)  # public test inputs, not secret randomness
-    return (rng.integers(0, 1 << 63, SHAPE, dtype=np.uint64) * np.uint64(2) + np.uint64(1),
-            rng.integers(0, 1 << 63, SHAPE, dtype=np.uint64))
+    """The owner's w and the client's x: uniform ring elements, fixed per seed."""
+    prg = PRG(seed.to_bytes(16, "little"))
+    return prg.ring_elements(SHAPE), prg.ring_elements(SHAPE)
 
 
 def _send_hook(to: Callable[[Runtime, int], bool], delta: int) -> Hook:
