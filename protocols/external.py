@@ -19,6 +19,7 @@ deviating compute party cannot change what goes in or comes out (docs/protocols.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -118,3 +119,39 @@ def take_masked(channel: Channel, ends: Endpoints, shape: tuple[int, ...]) -> np
     give_pieces(channel, ends, mask)
     copies = {p: channel.recv(p, expect=Expect.uint64(shape)) for p in ends.parties}
     return agreed(copies, channel, "masked results") - mask
+
+
+# -- the replicated schemes' method: seeds and components from several holders ----------------
+#: Picks, from every party's message, the copies of component j: {party: copy}.
+CopiesOf = Callable[[dict[int, np.ndarray], int], dict[int, np.ndarray]]
+
+
+def give_by_seeds(channel: Channel, ends: Endpoints, value: np.ndarray, components: int,
+                  seeds_per_party: int, seed_words: int, copies_of: CopiesOf) -> None:
+    """The source's side of a replicated scheme's input: every party sends the seeds of the
+    mask components it holds; each component's copies must agree (one deviating party
+    cannot change r without a refusal); r is their expansion's sum; c = x - r goes to every
+    party."""
+    got = channel.exchange({}, ends.parties,
+                           expect=Expect.uint64(seeds_per_party * seed_words),
+                           what="as its seeds of the input mask")
+    rows = {p: g.reshape(seeds_per_party, seed_words) for p, g in got.items()}
+    r = np.zeros(value.size, dtype=np.uint64)
+    for j in range(components):
+        seed = agreed(copies_of(rows, j), channel, f"seeds of mask component {j}")
+        r += PRG(seed.tobytes()).ring_elements(value.size)
+    masked = (value.reshape(-1) - r).reshape(value.shape)
+    channel.exchange(dict.fromkeys(ends.parties, masked), ())
+
+
+def take_components(channel: Channel, ends: Endpoints, shape: tuple[int, ...],
+                    per_party: int, components: int, copies_of: CopiesOf) -> np.ndarray:
+    """The target's side of a replicated scheme's output: every party sends the components
+    it holds; each component's copies must agree; the value is their sum."""
+    size = int(np.prod(shape, dtype=np.int64))
+    got = channel.exchange({}, ends.parties, expect=Expect.uint64((per_party, size)),
+                           what="as its components of the result")
+    total = np.zeros(size, dtype=np.uint64)
+    for j in range(components):
+        total += agreed(copies_of(got, j), channel, f"copies of component {j} of the result")
+    return total.reshape(shape)

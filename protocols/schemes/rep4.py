@@ -643,35 +643,20 @@ class Rep4(Protocol):
                       value: np.ndarray) -> None:
         """Take the three copies of each mask seed, refuse unless they agree, send x - r."""
         _check_compute(ends)
-        value = as_ring(np.asarray(value))
-        got = channel.exchange({}, ends.parties, expect=Expect.uint64(3 * SEED_WORDS),
-                               what="as its seeds of the input mask")
-        r = np.zeros(value.size, dtype=np.uint64)
-        for j in range(N):
-            # party p sends the seeds of components p+1, p+2, p+3 in that order
-            copies = {p: got[p].reshape(3, SEED_WORDS)[(j - p - 1) % N]
-                      for p in ends.parties if p != j}
-            seed = external.agreed(_confirmed_first(copies), channel,
-                                   f"seeds of mask component {j}")
-            r += PRG(seed.tobytes()).ring_elements(value.size)
-        masked = (value.reshape(-1) - r).reshape(value.shape)
-        channel.exchange(dict.fromkeys(ends.parties, masked), ())
+        external.give_by_seeds(channel, ends, as_ring(np.asarray(value)), N, 3, SEED_WORDS,
+                               _copies)
 
     @classmethod
     def take_external(cls, channel: Channel, ends: external.Endpoints,
                       shape: tuple[int, ...]) -> np.ndarray:
         """Take the three copies of each component, refuse unless they agree, add them."""
         _check_compute(ends)
-        shape = tuple(shape)
-        size = int(np.prod(shape, dtype=np.int64))
-        got = channel.exchange({}, ends.parties, expect=Expect.uint64((3, size)),
-                               what="as its components of the result")
-        total = np.zeros(size, dtype=np.uint64)
-        for j in range(N):
-            copies = {p: got[p][(j - p - 1) % N] for p in ends.parties if p != j}
-            total += external.agreed(_confirmed_first(copies), channel,
-                                     f"copies of component {j} of the result")
-        return total.reshape(shape)
+        return external.take_components(channel, ends, tuple(shape), 3, N, _copies)
+
+
+def _copies(got: dict[int, np.ndarray], j: int) -> dict[int, np.ndarray]:
+    """Component j's copies: party p sends those of components p+1, p+2, p+3 in order."""
+    return _confirmed_first({p: rows[(j - p - 1) % N] for p, rows in got.items() if p != j})
 
 
 def _check_compute(ends: external.Endpoints) -> None:

@@ -562,35 +562,23 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
     @classmethod
     def give_external(cls, channel: Channel, ends: external.Endpoints,
                       value: np.ndarray) -> None:
-        """Take both copies of each mask seed, refuse unless they agree, send x - r."""
+        """Take both copies of each mask seed, refuse unless they agree, send x - r (the
+        low limbs of r~: its first `size` words, as r~_j is (2, size) [lo, hi])."""
         _check_compute(ends)
-        value = as_ring(np.asarray(value))
-        got = channel.exchange({}, ends.parties, expect=Expect.uint64(2 * SEED_WORDS),
-                               what="as its seeds of the input mask")
-        r = np.zeros(value.size, dtype=U64)
-        for j in range(3):
-            # component j's seed: the first of party j's two, the second of party j-1's
-            copies = {j: got[j][:SEED_WORDS], (j - 1) % 3: got[(j - 1) % 3][SEED_WORDS:]}
-            seed = external.agreed(copies, channel, f"seeds of mask component {j}")
-            # r~_j is (2, size) [lo, hi]: its first `size` words are the low limbs
-            r += PRG(seed.tobytes()).ring_elements(value.size)
-        masked = (value.reshape(-1) - r).reshape(value.shape)
-        channel.exchange(dict.fromkeys(ends.parties, masked), ())
+        external.give_by_seeds(channel, ends, as_ring(np.asarray(value)), 3, 2, SEED_WORDS,
+                               _copies)
 
     @classmethod
     def take_external(cls, channel: Channel, ends: external.Endpoints,
                       shape: tuple[int, ...]) -> np.ndarray:
         """Take both copies of each component's low limb, refuse unless they agree, add."""
         _check_compute(ends)
-        shape = tuple(shape)
-        size = int(np.prod(shape, dtype=np.int64))
-        got = channel.exchange({}, ends.parties, expect=Expect.uint64((2, size)),
-                               what="as its components of the result")
-        total = np.zeros(size, dtype=U64)
-        for j in range(3):
-            copies = {j: got[j][0], (j - 1) % 3: got[(j - 1) % 3][1]}
-            total += external.agreed(copies, channel, f"copies of component {j} of the result")
-        return total.reshape(shape)
+        return external.take_components(channel, ends, tuple(shape), 2, 3, _copies)
+
+
+def _copies(got: dict[int, np.ndarray], j: int) -> dict[int, np.ndarray]:
+    """Component j's copies: the first of party j's two, the second of party j-1's."""
+    return {j: got[j][0], (j - 1) % 3: got[(j - 1) % 3][1]}
 
 
 def _check_compute(ends: external.Endpoints) -> None:
