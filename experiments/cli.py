@@ -1,4 +1,4 @@
-"""The `sottovoce` command line: demo, classify, certs, bench."""
+"""The `sottovoce` command line: demo, classify, keys, cluster, the deployment roles, bench."""
 
 from __future__ import annotations
 
@@ -107,13 +107,53 @@ def cmd_classify(args: argparse.Namespace) -> int:
                            args.transport, args.parties, args.json, None, args.timeout)
 
 
+TRIAL_ONLY = ("FOR A TRIAL ON THIS MACHINE ONLY: every role's private key is in one folder, "
+              "so whoever holds it can be any role. Across hosts, each role makes its own key "
+              "on its own host with `sottovoce keys` (README, \"Running across machines\").")
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from mpc.net.certs import make_identity
+
+    identity = make_identity(args.directory, args.id, [args.host] if args.host else (),
+                             replace=args.replace)
+    print(f"endpoint {args.id}: private key {identity.key} (mode 0600; it never leaves this "
+          f"host), certificate {identity.cert}")
+    print(f"fingerprint {identity.fingerprint}")
+    print(f"(also in {identity.cert.with_suffix('.fingerprint')}): give the fingerprint, "
+          "which is public, to whoever writes the cluster file (`sottovoce cluster DIR "
+          "--fingerprints ...`)")
+    return 0
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from mpc.net.certs import make_certificates
 
     files = make_certificates(args.directory, args.parties)
     for party, tls in files.items():
-        print(f"party {party}: {tls.cert} {tls.key} (CA {tls.ca})")
+        print(f"party {party}: {tls.cert} {tls.key} fingerprint {tls.pins[party]}")
+    print(TRIAL_ONLY)
     return 0
+
+
+def _fingerprint_argument(item: str) -> str:
+    """A fingerprint given as its hex digits, or as a file holding them (what `sottovoce
+    keys` writes) or a certificate."""
+    from mpc.net.certs import fingerprint, normalize_fingerprint, read_certificate
+
+    given = normalize_fingerprint(item)
+    if given is not None:
+        return given
+    path = Path(item)
+    if not path.is_file():
+        raise SottovoceError(f"--fingerprints: {item!r} is neither 64 hex digits nor a file")
+    text = path.read_text(errors="replace")
+    if "BEGIN CERTIFICATE" in text:
+        return fingerprint(read_certificate(path))
+    found = normalize_fingerprint(text.strip())
+    if found is None:
+        raise SottovoceError(f"--fingerprints: {path} holds no fingerprint")
+    return found
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -130,6 +170,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     if len(hosts) != total:
         raise SottovoceError(f"--hosts names {len(hosts)} hosts; {args.scheme} with {n} "
                              f"compute parties has {total} roles")
+    if args.fingerprints and not args.base_port:
+        raise SottovoceError("--fingerprints writes the file every host shares: give "
+                             "--base-port (role i listens on base+i)")
     if args.base_port:
         ports = [args.base_port + i for i in range(total)]
     else:  # free ports on this machine, for a local trial: all probes stay open until
@@ -143,16 +186,28 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             for probe in probes:
                 probe.close()
     directory = Path(args.directory)
-    make_certificates(directory / "certs", total, hosts=dict(enumerate(hosts)))
-    path = write_cluster(directory / "cluster.toml", total, cert_dir=directory / "certs",
-                         ports=ports, hosts=hosts, timeout=args.timeout,
-                         scheme=args.scheme, compute_parties=n)
+    if args.fingerprints:
+        pins = [_fingerprint_argument(item) for item in args.fingerprints.split(",")]
+        if len(pins) != total:
+            raise SottovoceError(f"--fingerprints gives {len(pins)}; {args.scheme} with {n} "
+                                 f"compute parties has {total} roles (ids 0..{total - 1})")
+        path = write_cluster(directory / "cluster.toml", total, fingerprints=pins,
+                             ports=ports, hosts=hosts, timeout=args.timeout,
+                             scheme=args.scheme, compute_parties=n, keys=args.keys)
+        print(f"wrote {path}: every role's address and pinned key fingerprint, nothing secret")
+        print("copy it to every host, into the folder that holds that host's "
+              f"{args.keys or 'keys'}/ (where `sottovoce keys` put its key)")
+    else:
+        make_certificates(directory / "keys", total, hosts=dict(enumerate(hosts)))
+        path = write_cluster(directory / "cluster.toml", total, cert_dir=directory / "keys",
+                             ports=ports, hosts=hosts, timeout=args.timeout,
+                             scheme=args.scheme, compute_parties=n)
+        print(f"wrote {path} and every role's key in {directory / 'keys'}")
+        print(TRIAL_ONLY)
     roles = Roles.of(load_cluster(path))
-    print(f"wrote {path} and certificates in {directory / 'certs'}")
-    print(f"compute parties 0..{n - 1}" + (f", dealer {roles.dealer}" if roles.dealer
-                                           is not None else "") +
+    print(f"ids: compute parties 0..{n - 1}" + (f", dealer {roles.dealer}" if roles.dealer
+                                                is not None else "") +
           f", client {roles.client}, model owner {roles.model_owner}")
-    print("copy each role's certificate and key (and ca.pem) to its host only")
     return 0
 
 
@@ -241,12 +296,27 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--model", required=True)
     common(classify, "tcp")
     classify.set_defaults(fn=cmd_classify)
-    certs = sub.add_parser("certs", help="make a CA and one TLS certificate per party")
+    keys = sub.add_parser("keys", help="make this host's key for one role of a deployment "
+                          "and print its fingerprint (run it on the role's own host)")
+    keys.add_argument("directory", help="the key folder (a deployment's default: keys/ "
+                      "next to the cluster file)")
+    keys.add_argument("--id", type=int, required=True,
+                      help="the role's endpoint id: compute parties 0..n-1, then the dealer "
+                      "(additive, spdz2k), the client, the model owner")
+    keys.add_argument("--host", help="this host's name or address (recorded in the "
+                      "certificate; peers identify the key, not the host)")
+    keys.add_argument("--replace", action="store_true",
+                      help="replace an existing key (a new identity: re-pin it everywhere)")
+    keys.set_defaults(fn=cmd_keys)
+    certs = sub.add_parser("certs", help="make every party's key in one folder (a trial on "
+                           "one machine only)")
     certs.add_argument("directory")
     certs.add_argument("--parties", type=int, required=True)
     certs.set_defaults(fn=cmd_certs)
-    cluster = sub.add_parser("cluster", help="make certificates and a cluster file for a "
-                             "deployment (compute parties, dealer, client, model owner)")
+    cluster = sub.add_parser("cluster", help="write the cluster file of a deployment (compute "
+                             "parties, dealer, client, model owner): from every role's key "
+                             "fingerprint, or with every key made here for a one-machine "
+                             "trial")
     cluster.add_argument("directory")
     cluster.add_argument("--scheme", choices=list(registry.SCHEMES), default=registry.DEFAULT,
                          help=SCHEME_HELP)
@@ -255,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--base-port", type=int, default=None,
                          help="role i listens on base+i (default: free local ports)")
     cluster.add_argument("--timeout", type=float, default=60.0)
+    cluster.add_argument("--fingerprints", help="comma-separated key fingerprint of each "
+                         "role in id order (hex, or the .fingerprint file `sottovoce keys` "
+                         "wrote): write the shared file of a multi-host deployment; without "
+                         "it every key is made here, for a trial on this machine only")
+    cluster.add_argument("--keys", help="with --fingerprints: the key folder every host "
+                         "keeps, relative to the cluster file (default: keys)")
     cluster.set_defaults(fn=cmd_cluster)
     party = sub.add_parser("party", help="run one compute party of a cluster")
     party.add_argument("--config", required=True)

@@ -92,7 +92,8 @@ def _process_main(party: int, role_file: str, config: RunConfig, tls: TlsFiles,
             raise TimeoutError("launcher sent no address list")
         addresses = address_conn.recv()
         channel = tcp.connect(party, addresses, tls, listener=listener, timeout=config.timeout,
-                              connect_timeout=connect_timeout, names=config.endpoint_names())
+                              connect_timeout=connect_timeout, names=config.endpoint_names(),
+                              keepalive=True)
         listener.close()
         result = role(make_runtime(channel, config))
         # the queue pickles in a feeder thread that only prints a failure, leaving the
@@ -117,7 +118,9 @@ def run_processes(roles: Sequence[Role], config: RunConfig, cert_dir: str | Path
     """Run every role in its own process, linked by TCP with mutual TLS on loopback.
 
     Roles must be picklable (module-level functions or functools.partial of them).
-    Certificates are made fresh in `cert_dir` (a temporary folder by default). `route`
+    Every party's key is made fresh in `cert_dir` (a private temporary folder by default)
+    and each party pins every other's, as in a deployment; parties send keep-alives, so
+    one that computes for longer than the timeout is waited for. `route`
     maps the parties' listening addresses to the addresses peers should dial (a simulated
     network puts relays in between); parties still listen where they are.
     """

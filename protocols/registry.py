@@ -12,7 +12,8 @@ Adding a scheme: write `protocols/schemes/<name>.py` (a `Protocol` subclass) and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from mpc.errors import ConfigError
 from protocols.base import Protocol
@@ -21,6 +22,9 @@ from protocols.schemes.rep4 import Rep4
 from protocols.schemes.replicated import Replicated
 from protocols.schemes.replicated_mac import ReplicatedMac
 from protocols.schemes.spdz2k import Spdz2k
+
+#: The primitives whose online rounds every scheme states (measured by tests/protocols).
+ROUNDED = ("input", "reveal", "reveal again", "mul", "matmul", "conv", "trunc", "ltz", "relu")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,13 @@ class Scheme:
     batchable: bool = True  # whether a batch of clips fits memory and time for reproduction
     max_bench_batch: int | None = None  # largest batch the benchmarks run (None: all)
     comparison: str = ""  # the comparison path at the default party count, if notable
+    #: online rounds of each primitive at the default party count, by `ROUNDED` name
+    #: ("reveal again": a reveal after one already checked everything before it)
+    rounds: Mapping[str, int] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if set(self.rounds) != set(ROUNDED):
+            raise ValueError(f"scheme {self.name}: state the rounds of exactly {ROUNDED}")
 
     @property
     def name(self) -> str:
@@ -61,24 +72,36 @@ class Scheme:
         return n_parties + (1 if self.dealer else 0)
 
 
+def _rounds(*, input: int, reveal: int, again: int, product: int, trunc: int, ltz: int,
+            relu: int) -> dict[str, int]:
+    """A scheme's round counts; every bilinear product (mul, matmul, conv) costs the same."""
+    return {"input": input, "reveal": reveal, "reveal again": again, "mul": product,
+            "matmul": product, "conv": product, "trunc": trunc, "ltz": ltz, "relu": relu}
+
+
 #: Every scheme, in the order tables list them: by party count, passive before active.
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme(Additive, "2PC passive (dealer)",
            "semi-honest; any n-1 of the compute parties may collude; the dealer colludes "
-           "with nobody", "2PC passive with a dealer"),
+           "with nobody", "2PC passive with a dealer",
+           rounds=_rounds(input=0, reveal=1, again=1, product=1, trunc=1, ltz=7, relu=7)),
     Scheme(Spdz2k, "2PC active (dealer)",
            "all but one compute party may deviate (abort on cheating); the dealer is trusted",
            "2PC active with a dealer (about 0.5 s online and 5 s of dealing per clip)",
-           active=True, batchable=False, max_bench_batch=1, comparison="DCF comparisons"),
+           active=True, batchable=False, max_bench_batch=1, comparison="DCF comparisons",
+           rounds=_rounds(input=1, reveal=11, again=10, product=1, trunc=1, ltz=1, relu=2)),
     Scheme(Replicated, "3PC passive",
            "semi-honest, honest majority: any one party learns nothing",
-           "3PC passive, the fastest"),
+           "3PC passive, the fastest",
+           rounds=_rounds(input=1, reveal=1, again=1, product=1, trunc=2, ltz=8, relu=8)),
     Scheme(ReplicatedMac, "3PC active",
            "one party may deviate arbitrarily (abort on cheating), honest majority",
-           "3PC active (about 1.5 s per clip)", active=True, batchable=False, max_bench_batch=1),
+           "3PC active (about 1.5 s per clip)", active=True, batchable=False, max_bench_batch=1,
+           rounds=_rounds(input=2, reveal=4, again=1, product=1, trunc=5, ltz=11, relu=11)),
     Scheme(Rep4, "4PC active",
            "one party may deviate arbitrarily (abort on cheating), honest majority",
-           "4PC active", active=True),
+           "4PC active", active=True,
+           rounds=_rounds(input=1, reveal=2, again=1, product=1, trunc=2, ltz=9, relu=9)),
 )}
 
 #: The scheme commands and library calls use when none is named.

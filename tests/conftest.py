@@ -21,9 +21,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import stats
 
+from mpc.launch import run_threads
 from mpc.net import tcp
 from mpc.net.certs import TlsFiles, make_certificates
 from mpc.net.channel import Channel
+from mpc.runtime import RunConfig, Runtime
 from nn import layers as L
 from nn.emulator import emulate
 from nn.inference import classify
@@ -31,7 +33,10 @@ from nn.model import SecureModel
 from protocols import registry
 from protocols.base import MaskedPrimitives, Protocol
 from protocols.clear import Clear
-from protocols.run import PartyReport, run
+from protocols.external import Endpoints
+from protocols.run import PartyReport, dealer_role, party_role, plan_of, run
+from protocols.schemes.rep4 import Rep4
+from protocols.schemes.replicated_mac import ReplicatedMac
 from protocols.tensor import SecretTensor
 
 if TYPE_CHECKING:
@@ -146,10 +151,10 @@ DEFAULT_SCHEME_PARTIES = [(s.name, s.parties) for s in registry.SCHEMES.values()
 #: sub-protocols of `protocols.blocks.masked`.
 MASKED_SCHEME_PARTIES = [(s, n) for s, n in SCHEME_PARTIES
                          if issubclass(registry.SCHEMES[s].protocol, MaskedPrimitives)]
-#: The schemes secure against a deviating party ("active" in the registry's setting).
-ACTIVE_SCHEMES = tuple(name for name, s in registry.SCHEMES.items() if "active" in s.setting)
+#: The schemes secure against a deviating party (`Scheme.active` in the registry).
+ACTIVE_SCHEMES = tuple(name for name, s in registry.SCHEMES.items() if s.active)
 #: The passive schemes (the fastest): `check_against_torch` runs every layer type on them.
-PASSIVE_SCHEMES = tuple(name for name, s in registry.SCHEMES.items() if "passive" in s.setting)
+PASSIVE_SCHEMES = tuple(name for name, s in registry.SCHEMES.items() if not s.active)
 
 
 def over_schemes(pairs: list[tuple[str, int]]) -> pytest.MarkDecorator:
@@ -247,18 +252,8 @@ def assert_all_parties_agree(reports: list[PartyReport], n_outputs: int | None =
 #: log2(64) levels of ANDs and convert (7 for additive, 8 for replicated); rep4 9;
 #: replicated_mac 8 + 3 (trunc 2 + 3; relu the same as ltz, the selection rides in the last
 #: conversion round); spdz2k with 2 parties 1 (DCF keys; 2 for relu).
-ROUNDS = {
-    "additive": {"input": 0, "reveal": 1, "reveal again": 1, "mul": 1, "matmul": 1,
-                 "conv": 1, "trunc": 1, "ltz": 7, "relu": 7},
-    "spdz2k": {"input": 1, "reveal": 11, "reveal again": 10, "mul": 1, "matmul": 1,
-               "conv": 1, "trunc": 1, "ltz": 1, "relu": 2},
-    "replicated": {"input": 1, "reveal": 1, "reveal again": 1, "mul": 1, "matmul": 1,
-                   "conv": 1, "trunc": 2, "ltz": 8, "relu": 8},
-    "replicated_mac": {"input": 2, "reveal": 4, "reveal again": 1, "mul": 1, "matmul": 1,
-                       "conv": 1, "trunc": 5, "ltz": 11, "relu": 11},
-    "rep4": {"input": 1, "reveal": 2, "reveal again": 1, "mul": 1, "matmul": 1, "conv": 1,
-             "trunc": 2, "ltz": 9, "relu": 9},
-}
+#: Each scheme's pinned online rounds per primitive, as the registry states them.
+ROUNDS = {name: dict(s.rounds) for name, s in registry.SCHEMES.items()}
 
 
 def busiest_rounds(reports: list[PartyReport]) -> int:
@@ -587,3 +582,246 @@ def check_against_torch(module: torch.nn.Module, input_shape: tuple[int, ...], *
 
 #: Every check's measured errors (inspected when choosing and documenting the bounds).
 MEASURED: list[dict[str, float]] = []
+
+
+# -- audio: synthetic test signals (generated with numpy, no files needed) -------------------
+def sine(freq: float, seconds: float, rate: int, channels: int = 1,
+         amp: float = 0.5) -> np.ndarray:
+    """A float32 tone, (n,) or (n, channels) with every channel equal: a known frequency."""
+    t = np.arange(int(seconds * rate)) / rate
+    x = (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.repeat(x[:, None], channels, axis=1) if channels > 1 else x
+
+
+def dominant_freq(x: np.ndarray, rate: int) -> float:
+    """The strongest frequency (Hz) of a mono signal, to check resampling kept the pitch."""
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return np.fft.rfftfreq(len(x), 1 / rate)[np.argmax(spec)]
+
+
+def speechlike(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """Two harmonics and a little noise under a Hann envelope: loud middle, quiet edges."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    env = np.hanning(n)
+    x = env * (np.sin(2 * np.pi * 220 * t) + 0.5 * np.sin(2 * np.pi * 660 * t)
+               + 0.05 * rng.standard_normal(n))
+    return (0.3 * x).astype(np.float32)
+
+
+# -- values from and to endpoints outside the computation (issue 17) -------------------------
+# `run_external` runs the compute parties of a scheme (and its dealer, if it has one) with a
+# client and a model owner as threads: a small program on a value from each, its result back
+# to the client, so the four `Protocol` methods are tested in a second, not the time of a
+# whole deployment. `deploy` runs a real deployment of the bundled model. The deviations are
+# those of one compute party: `shift_input` (its share of an outside value after
+# `input_external`), `alter_sent` (one array it sends an endpoint), `lie_about_masked_inputs`
+# (it claims to have received another masked input than it did).
+_LOADED: list = []
+
+
+# The deployment stack (audio, models, roles) is imported when a test uses it, so that the
+# protocol tests do not depend on it.
+def bundled_clips(count: int | None = 2) -> list:
+    """The first `count` bundled clips (all of them for None), in name order."""
+    from experiments.modelfile import BUNDLED_CLIPS
+
+    return sorted(BUNDLED_CLIPS.glob("*.wav"))[:count]
+
+
+def loaded():
+    """The bundled model, loaded once per test session."""
+    if not _LOADED:
+        from experiments.modelfile import BUNDLED_MODEL, load_model
+
+        _LOADED.append(load_model(BUNDLED_MODEL, check=False))
+    return _LOADED[0]
+
+
+def plaintext_labels(clips) -> list[str]:
+    import audio
+    from experiments.modelfile import plaintext_logits
+
+    model = loaded()
+    config = model.feature_config
+    features = np.stack([audio.features(audio.load(c, sample_rate=config.sample_rate), config)
+                         for c in clips])
+    return [model.labels[i] for i in plaintext_logits(model, features).argmax(axis=1)]
+
+
+def deploy(scheme: str, clips, hooks=None) -> list[str]:
+    from experiments.deploy import run_deployment
+
+    model = loaded()
+    return run_deployment(scheme, model.secure, model.feature_config.to_dict(), list(clips),
+                          timeout=60.0, hooks=hooks)
+
+
+def outside_ids(scheme: str | registry.Scheme, n_parties: int | None = None
+                ) -> tuple[Endpoints, int, int]:
+    """The endpoints of `run_external`, in a deployment's order (compute parties, the dealer
+    if the scheme has one, client, model owner): (Endpoints, client id, model owner id)."""
+    spec = registry.get(scheme)
+    n = spec.party_count(n_parties)
+    client = spec.endpoints(n)
+    return Endpoints(n, n if spec.dealer else None), client, client + 1
+
+
+class _OutsideProgram:
+    """The compute parties' program of `run_external` (also dry-run by the planner)."""
+
+    def __init__(self, client: int, owner: int, x_shape: tuple[int, ...],
+                 w_shape: tuple[int, ...], body: Callable[[Protocol, Any, Any], Any]) -> None:
+        self.client, self.owner, self.body = client, owner, body
+        self.x_shape, self.w_shape = tuple(x_shape), tuple(w_shape)
+
+    def __call__(self, protocol: Protocol) -> None:
+        w = protocol.input_external(self.owner, self.w_shape)
+        x = protocol.input_external(self.client, self.x_shape)
+        protocol.reveal_external(self.body(protocol, w, x), self.client)
+
+
+def run_external(scheme: str, features: np.ndarray, weights: np.ndarray,
+                 program: Callable[[Protocol, Any, Any], Any],
+                 hooks: dict[int, Callable[[Runtime], None]] | None = None,
+                 n_parties: int | None = None) -> np.ndarray:
+    """The compute parties enter `weights` from the owner and `features` from the client,
+    compute `program(protocol, [w], [x])` and send it to the client; the client's result.
+    `hooks[endpoint]` is called with that endpoint's runtime before its role starts."""
+    spec = registry.get(scheme)
+    cls = spec.protocol
+    ends, client, owner = outside_ids(spec, n_parties)
+    outside = _OutsideProgram(client, owner, features.shape, weights.shape, program)
+    plan = plan_of(outside, ends.compute, spec)
+
+    def party(runtime: Runtime) -> None:
+        party_role(runtime, spec, outside, plan)
+
+    def dealer(runtime: Runtime) -> None:
+        dealer_role(runtime, spec, plan)
+
+    def client_role(runtime: Runtime) -> np.ndarray:
+        cls.give_external(runtime.channel, ends, features)
+        return cls.take_external(runtime.channel, ends, features.shape)
+
+    def owner_role(runtime: Runtime) -> None:
+        cls.give_external(runtime.channel, ends, weights)
+
+    def hooked(k: int, role: Callable[[Runtime], Any]) -> Callable[[Runtime], Any]:
+        def body(runtime: Runtime) -> Any:
+            if hooks and k in hooks:
+                hooks[k](runtime)
+            with np.errstate(over="ignore"):
+                return role(runtime)
+        return body
+
+    roles = ([party] * ends.compute + ([dealer] if ends.dealer is not None else [])
+             + [client_role, owner_role])
+    config = RunConfig(n_parties=ends.compute, timeout=20.0, dealer=ends.dealer is not None,
+                       external=2)
+    results = run_threads([hooked(k, role) for k, role in enumerate(roles)], config)
+    return results[client]
+
+
+def shift_input(monkeypatch, scheme: str, party: int, source: int, delta: int,
+                position: int = 0) -> None:
+    """`party` adds `delta` to word `position` of the first component of its share of the
+    value from `source`, right after `input_external`."""
+    cls = registry.get(scheme).protocol
+    original = cls.input_external
+
+    def deviating(self, src: int, shape: tuple[int, ...]) -> np.ndarray:
+        share = original(self, src, shape)
+        if self.party_id == party and src == source:
+            share = share.copy()
+            share[0].reshape(-1)[position] += np.uint64(delta % (1 << 64))
+        return share
+
+    monkeypatch.setattr(cls, "input_external", deviating)
+
+
+def alter_sent(to: int, index: int, delta: int = 1, position: int = 0
+               ) -> Callable[[Runtime], None]:
+    """A hook: the endpoint it is installed in adds `delta` (mod 2^64, then cast to the
+    array's dtype) to word `position` of the index-th array it sends endpoint `to` (an
+    empty array is counted but left as it is)."""
+    def hook(runtime: Runtime) -> None:
+        channel = runtime.channel
+        send = channel._send
+        count = [0]
+
+        def altered(peer: int, array: np.ndarray) -> None:
+            if peer == to:
+                if count[0] == index and array.size:
+                    array = np.array(array, copy=True)
+                    step = np.array(delta % (1 << 64), dtype=np.uint64).astype(array.dtype)
+                    array.reshape(-1)[position] += step
+                count[0] += 1
+            send(peer, array)
+
+        channel._send = altered
+    return hook
+
+
+def _lie_in_rep4_vouches(monkeypatch, party: int) -> None:
+    original = Rep4._vouch
+
+    def lying(self, peer, value, step):
+        if self.party_id == party and step.startswith("input from"):
+            value = np.asarray(value) ^ np.uint64(1)
+        original(self, peer, value, step)
+
+    monkeypatch.setattr(Rep4, "_vouch", lying)
+
+
+def _lie_in_replicated_mac_vouches(monkeypatch, party: int) -> None:
+    original = ReplicatedMac._vouch_received
+
+    def lying(self, data):
+        if self.party_id == party:
+            data = data ^ np.uint64(1)
+        original(self, data)
+
+    monkeypatch.setattr(ReplicatedMac, "_vouch_received", lying)
+
+
+def _lie_in_confirmation_hashes(monkeypatch, party: int) -> None:
+    original = Channel.exchange
+
+    def lying(self, outgoing, receive_from=None, **kwargs):
+        if self.party_id == party and kwargs.get("what", "").startswith("as its hash of"):
+            outgoing = {p: a ^ np.uint64(1) for p, a in outgoing.items()}
+        return original(self, outgoing, receive_from, **kwargs)
+
+    monkeypatch.setattr(Channel, "exchange", lying)
+
+
+#: How each active scheme's compute parties confirm to each other the masked input c they
+#: received from outside, and a compute party lying in it: rep4 vouches for c xor 1
+#: (`Rep4._vouch`, the steps "input from ..."), replicated_mac puts the digest of c xor 1 in
+#: its vouch digests (`ReplicatedMac._vouch_received`), spdz2k sends a flipped hash in every
+#: `protocols.external.confirm_same`.
+MASKED_INPUT_LIES = {"rep4": _lie_in_rep4_vouches,
+                     "replicated_mac": _lie_in_replicated_mac_vouches,
+                     "spdz2k": _lie_in_confirmation_hashes}
+#: What the `CheatingDetected` that stops the parties says about such a lie (a regex): rep4
+#: lists the vouched steps that differ, replicated_mac's MAC check the vouch digests,
+#: spdz2k's hash comparison the masked input.
+MASKED_INPUT_LIE_CAUGHT = {"rep4": "input from the model owner",
+                           "replicated_mac": "vouched for a different transcript",
+                           "spdz2k": "received a different masked input from the model owner"}
+
+
+def lie_about_masked_inputs(monkeypatch, scheme: str, party: int) -> None:
+    """Compute party `party` uses every masked input as received but tells the other compute
+    parties it received another (`MASKED_INPUT_LIES`)."""
+    MASKED_INPUT_LIES[scheme](monkeypatch, party)
+
+
+#: How an outside endpoint's refusal names the compute party `p` whose copies it altered (a
+#: regex, `.format(p=...)`): rep4 puts first a copy that another copy confirms, so the party
+#: named second is the one whose copy differs; the others name two parties that disagree.
+REFUSAL_NAMES = {"rep4": "and party {p} sent different",
+                 "replicated_mac": "party {p} .*sent different",
+                 "spdz2k": "party {p} .*sent different"}

@@ -4,6 +4,10 @@ Header (little-endian): magic b"SV", version, dtype code, ndim, 3 reserved zero 
 sequence number (u64), payload length (u64), then ndim u64 dimensions. The receiver checks
 every field before it allocates anything, so a hostile or corrupt frame is a ProtocolError,
 never an unrelated crash or a huge allocation.
+
+A keep-alive is a bare header with dtype code 0 and every other field zero: it says "this
+endpoint is alive" and nothing else. The TCP transport consumes it (it never reaches protocol
+code, takes no sequence number and is not counted as a message or round).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ DTYPES: dict[int, np.dtype] = {
     7: np.dtype(np.int32),
 }
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
+KEEPALIVE_CODE = 0
 
 
 def encode_header(array: np.ndarray, sequence: int) -> bytes:
@@ -46,6 +51,25 @@ def encode_header(array: np.ndarray, sequence: int) -> bytes:
         raise ProtocolError(f"array of {array.ndim} dimensions; at most {MAX_NDIM} can be sent")
     head = _HEADER.pack(MAGIC, VERSION, code, array.ndim, sequence, array.nbytes)
     return head + struct.pack(f"<{array.ndim}Q", *array.shape)
+
+
+def keepalive() -> bytes:
+    """The keep-alive frame (a header alone)."""
+    return _HEADER.pack(MAGIC, VERSION, KEEPALIVE_CODE, 0, 0, 0)
+
+
+def is_keepalive(head: bytes) -> bool:
+    """True if `head` is a keep-alive header; a ProtocolError if it has the keep-alive code
+    but other fields set (anything else is left to `decode_header`)."""
+    if len(head) != HEADER_SIZE:
+        return False
+    magic, version, code, ndim, sequence, length = _HEADER.unpack(head)
+    if code != KEEPALIVE_CODE or magic != MAGIC or version != VERSION:
+        return False
+    if ndim or sequence or length:
+        raise ProtocolError(f"malformed keep-alive frame (ndim {ndim}, sequence {sequence}, "
+                            f"length {length}; all must be 0)")
+    return True
 
 
 def encode(array: np.ndarray, sequence: int) -> bytes:

@@ -2,6 +2,13 @@
 
 Frames are serialised exactly as over TCP, so byte counts and framing checks are the same;
 this transport exists for tests and single-machine runs without sockets.
+
+There are no keep-alives here, on purpose: the timeout keeps its old meaning (a peer that
+sends nothing for `timeout` seconds is reported). Keep-alives tell a stopped or dead process,
+or a cut link, from a busy one; threads of one process share its fate and none can be
+stopped or cut off alone, so a keep-alive could only ever say "the process runs", and would
+turn a role that hangs (a bug under test) into a run that never ends. Give a threads run a
+timeout longer than its longest computation step (`classify(..., timeout=...)`).
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ send back). After the handshake every link is non-blocking and driven by the par
 thread (`TcpChannel`): whenever it waits it reads every incoming link, so two parties
 sending each other megabytes at once never deadlock, and no thread hand-off sits in the
 path of a round.
+
+Start-up (`connect`) proves every peer by the key pinned for it (`mpc.net.handshake`). A
+running party's channel also sends keep-alives (`mpc.net.keepalive`), so the timeout measures
+how long a peer has shown no sign of life, not how long it has been computing.
 """
 
 from __future__ import annotations
@@ -20,78 +24,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpc.errors import AuthenticationError, ConfigError, PeerLost, PeerTimeout, ProtocolError
+from mpc.errors import (
+    AuthenticationError,
+    ConfigError,
+    PeerLost,
+    PeerTimeout,
+    ProtocolError,
+    SottovoceError,
+)
 from mpc.net import framing
-from mpc.net.certs import TlsFiles, party_name
-from mpc.net.channel import DEFAULT_TIMEOUT, Channel, role_name, subject
+from mpc.net.certs import TlsFiles
+from mpc.net.channel import DEFAULT_TIMEOUT, Channel, subject
+from mpc.net.handshake import HANDSHAKE_TIMEOUT, Acceptor, Credentials, dial
+from mpc.net.keepalive import KeepAlive
 
 Address = tuple[str, int]
-_RETRY_SECONDS = 0.05
 _DRAIN_SECONDS = 0.02
-
-
-def _contexts(tls: TlsFiles) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    for ctx in (server, client):
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        try:
-            ctx.load_cert_chain(tls.cert, tls.key)
-            ctx.load_verify_locations(tls.ca)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"TLS files cannot be loaded (certificate {tls.cert}, key "
-                              f"{tls.key}, CA {tls.ca}): {exc}") from None
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    client.check_hostname = False  # parties are identified by certificate name, not host
-    return server, client
-
-
-def _common_name(sock: ssl.SSLSocket) -> str | None:
-    cert = sock.getpeercert()
-    for rdn in cert.get("subject", ()) if cert else ():
-        for key, value in rdn:
-            if key == "commonName":
-                return value
-    return None
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
-    """`size` bytes, or None at a clean end of stream before the first byte."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            if got == 0:
-                return None
-            raise PeerLost(f"connection closed mid-message ({got} of {size} bytes)")
-        got += n
-    return bytes(buffer)
-
-
-def _read_frame(sock: socket.socket, sequence: int, max_payload: int) -> np.ndarray | None:
-    head = _recv_exactly(sock, framing.HEADER_SIZE)
-    if head is None:
-        return None
-    dtype, ndim, length = framing.decode_header(head, sequence, max_payload)
-    shape_raw = _recv_exactly(sock, 8 * ndim) if ndim else b""
-    if shape_raw is None:
-        raise PeerLost("connection closed mid-message (shape)")
-    shape = framing.decode_shape(shape_raw, ndim, dtype, length)
-    payload = np.empty(length, dtype=np.uint8)
-    view = memoryview(payload)
-    got = 0
-    while got < length:
-        n = sock.recv_into(view[got:], min(length - got, 1 << 22))
-        if n == 0:
-            raise PeerLost(f"connection closed mid-message ({got} of {length} payload bytes)")
-        got += n
-    return payload.view(dtype).reshape(shape)
-
-
-def _write_frame(sock: socket.socket, array: np.ndarray, sequence: int) -> None:
-    sock.sendall(framing.encode(array, sequence))
+_DIAL_GRACE = 1.0  # seconds past the connect deadline a dial may take to report its failure
+_KEEPALIVE = framing.keepalive()
 
 
 class _FrameReader:
@@ -120,6 +70,9 @@ class _FrameReader:
         self.got += n
         while self.got == len(self.buffer):
             if self.part == "header":
+                if framing.is_keepalive(bytes(self.buffer)):  # a sign of life, nothing more
+                    self._start(bytearray(framing.HEADER_SIZE), "header")
+                    return
                 self.dtype, self.ndim, self.length = framing.decode_header(
                     bytes(self.buffer), self.sequence, self.max_payload)
                 if self.ndim:
@@ -149,7 +102,12 @@ class TcpChannel(Channel):
     every wait (for a frame, or for a send to drain) services every link, reading whatever
     has arrived and writing what is pending. Reading while waiting to write keeps large
     simultaneous exchanges deadlock-free without reader threads; no thread hand-off per
-    message is what makes a round cost tens of microseconds instead of hundreds."""
+    message is what makes a round cost tens of microseconds instead of hundreds.
+
+    Any byte from a peer (a frame or a keep-alive) restarts the timeout of a receive from it
+    or a send to it. With `start_keepalive`, a background thread writes keep-alives on idle
+    outgoing links; each outgoing link has a lock held for a whole frame, so a keep-alive is
+    never written into the middle of one."""
 
     outgoing: dict[int, ssl.SSLSocket] = field(default_factory=dict)
     incoming: dict[int, ssl.SSLSocket] = field(default_factory=dict)
@@ -160,8 +118,49 @@ class TcpChannel(Channel):
         self._readers = {p: _FrameReader(self.max_payload) for p in self.incoming}
         self._failure: dict[int, Exception] = {}
         self._by_socket = {sock: p for p, sock in self.incoming.items()}
+        now = time.monotonic()
+        self._locks = {p: threading.Lock() for p in self.outgoing}
+        self._last_sent = dict.fromkeys(self.outgoing, now)
+        self._pending: dict[int, bytes] = {}  # a keep-alive the socket took only in part
+        self._waiting_for: int | None = None
+        self._keepalive: KeepAlive | None = None
         for sock in [*self.outgoing.values(), *self.incoming.values()]:
             sock.setblocking(False)
+
+    # -- keep-alives -----------------------------------------------------------------------
+    def start_keepalive(self, interval: float | None = None) -> KeepAlive:
+        """Send a keep-alive on every outgoing link idle for `interval` seconds (default: a
+        quarter of the timeout) until the channel closes."""
+        if self._keepalive is None:
+            self._keepalive = KeepAlive(
+                self.outgoing, interval or self.timeout / 4,
+                idle=lambda p: time.monotonic() - self._last_sent[p], send=self._send_keepalive,
+                waiting_for=lambda: self._waiting_for,
+                name=f"sottovoce-keepalive-{self.party_id}")
+            self._keepalive.start()
+        return self._keepalive
+
+    def _send_keepalive(self, peer: int) -> bool:
+        """Write a keep-alive to `peer` unless the party's thread is writing to it; never
+        blocks. A keep-alive the socket takes in part is finished before the next frame."""
+        lock = self._locks[peer]
+        if not lock.acquire(blocking=False):
+            return False
+        try:
+            data = self._pending.pop(peer, _KEEPALIVE)
+            try:
+                sent = self.outgoing[peer].send(data)
+            except _WOULD_BLOCK:  # TLS wants this very write retried: the next writer does
+                self._pending[peer] = data
+                return False
+            except (OSError, ssl.SSLError, ValueError):
+                return False  # the party's own next send or receive reports the broken link
+            if sent < len(data):
+                self._pending[peer] = data[sent:]
+            self._last_sent[peer] = time.monotonic()
+            return True
+        finally:
+            lock.release()
 
     # -- reading ---------------------------------------------------------------------------
     def _read_available(self, peer: int) -> bool:
@@ -205,31 +204,39 @@ class TcpChannel(Channel):
         # more than the reads). Every party drains its incoming links while it waits to send,
         # and after _DRAIN_SECONDS without data from `peer` we drain the others too, so a
         # peer blocked writing to us is never stuck whatever order messages are read in.
-        while not frames:
-            if self._read_available(peer):
-                deadline = time.monotonic() + self.timeout
-                continue
-            if peer in self._failure:
-                failure = self._failure[peer]
-                raise type(failure)(f"{self.role(self.party_id)}: {failure} "
-                                    f"(step {self.step})")
-            if time.monotonic() >= deadline:
-                raise PeerTimeout(f"{self.role(self.party_id)}: {self.who(peer)} sent nothing for "
-                                  f"{self.timeout:g} s (step {self.step})")
-            if not self._wait([self.incoming[peer]], [],
-                              min(deadline, time.monotonic() + _DRAIN_SECONDS)):
-                for other in self.incoming:
-                    if other != peer:
-                        self._read_available(other)
+        self._waiting_for = peer  # no keep-alives to it meanwhile: see mpc.net.keepalive
+        try:
+            while not frames:
+                if self._read_available(peer):  # a frame, or a keep-alive: the peer lives
+                    deadline = time.monotonic() + self.timeout
+                    continue
+                if peer in self._failure:
+                    failure = self._failure[peer]
+                    raise type(failure)(f"{self.role(self.party_id)}: {failure} "
+                                        f"(step {self.step})")
+                if time.monotonic() >= deadline:
+                    raise PeerTimeout(f"{self.role(self.party_id)}: {self.who(peer)} sent "
+                                      f"nothing for {self.timeout:g} s (step {self.step})")
+                if not self._wait([self.incoming[peer]], [],
+                                  min(deadline, time.monotonic() + _DRAIN_SECONDS)):
+                    for other in self.incoming:
+                        if other != peer:
+                            self._read_available(other)
+        finally:
+            self._waiting_for = None
         return frames.popleft()
 
     # -- writing ---------------------------------------------------------------------------
     def _send_frame(self, peer: int, header: bytes, payload: np.ndarray) -> None:
+        with self._locks[peer]:  # no keep-alive in the middle of this frame
+            pending = self._pending.pop(peer, b"")
+            self._write(peer, [memoryview(b) for b in (pending, header) if b]
+                        + ([memoryview(payload.reshape(-1)).cast("B")] if payload.nbytes else []))
+            self._last_sent[peer] = time.monotonic()
+
+    def _write(self, peer: int, parts: list[memoryview]) -> None:
         sock = self.outgoing[peer]
         deadline = time.monotonic() + self.timeout
-        parts = [memoryview(header)]
-        if payload.nbytes:
-            parts.append(memoryview(payload.reshape(-1)).cast("B"))
         for view in parts:
             sent = 0
             while sent < len(view):
@@ -246,8 +253,12 @@ class TcpChannel(Channel):
                     raise PeerLost(f"{self.role(self.party_id)}: sending to {self.role(peer)} "
                                    f"failed: {exc} (step {self.step})") from None
                 # the peer's buffers are full: drain our own incoming links meanwhile, so a
-                # peer blocked writing to us can go on and read what we send
-                if any([self._read_available(p) for p in self.incoming]):
+                # peer blocked writing to us can go on and read what we send; a sign of life
+                # from `peer` itself (it is computing, not gone) restarts the timeout
+                progressed = {p: self._read_available(p) for p in self.incoming}
+                if progressed.get(peer):
+                    deadline = time.monotonic() + self.timeout
+                if any(progressed.values()):
                     continue
                 if time.monotonic() >= deadline:
                     raise PeerTimeout(f"{self.role(self.party_id)}: {self.who(peer)} accepted "
@@ -255,6 +266,8 @@ class TcpChannel(Channel):
                 self._wait(list(self.incoming.values()) + [sock] * want_read, [sock], deadline)
 
     def _close_links(self) -> None:
+        if getattr(self, "_keepalive", None) is not None:
+            self._keepalive.stop()
         for sock in [*self.outgoing.values(), *self.incoming.values()]:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -269,126 +282,122 @@ def listen(address: Address) -> socket.socket:
     return sock
 
 
-def _accept_all(listener: socket.socket, server_ctx: ssl.SSLContext, expected: set[int],
-                deadline: float, result: dict[int, ssl.SSLSocket], problems: list[str]) -> None:
-    """Accept one authenticated incoming connection from each expected party."""
-    listener.settimeout(_RETRY_SECONDS * 4)
-    while expected - result.keys() and time.monotonic() < deadline:
-        try:
-            raw, peer_address = listener.accept()
-        except TimeoutError:
-            continue
-        except OSError as exc:
-            problems.append(f"listening socket failed: {exc}")
-            return
-        try:
-            raw.settimeout(max(0.1, deadline - time.monotonic()))
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock = server_ctx.wrap_socket(raw, server_side=True)
-            hello = _read_frame(sock, 0, 64)
-            claimed = int(hello[0]) if hello is not None and hello.size == 1 else -1
-            name = _common_name(sock)
-            if claimed not in expected or name != party_name(claimed):
-                problems.append(f"refused connection from {peer_address[0]}: claims party "
-                                f"{claimed}, certificate names {name!r}")
-                sock.close()
-                continue
-            _write_frame(sock, np.array([1], dtype=np.uint64), 0)
-            sock.settimeout(None)
-            result[claimed] = sock
-        except (OSError, ssl.SSLError, ValueError, ProtocolError, PeerLost) as exc:
-            problems.append(f"refused connection from {peer_address[0]}: {exc}")
-            raw.close()
-
-
-def _dial(party_id: int, peer: int, address: Address, client_ctx: ssl.SSLContext,
-          deadline: float, timeout: float, names: Mapping[int, str] | None = None
-          ) -> ssl.SSLSocket:
-    names = names or {}
-    me, them = role_name(names, party_id), subject(names, peer)
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            raw = socket.create_connection(address, timeout=max(0.1, deadline - time.monotonic()))
-        except OSError as exc:
-            last_error = exc
-            time.sleep(_RETRY_SECONDS)
-            continue
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            sock = client_ctx.wrap_socket(raw)
-            name = _common_name(sock)
-            if name != party_name(peer):
-                sock.close()
-                raise AuthenticationError(
-                    f"{me}: the server at {address[0]}:{address[1]} presents "
-                    f"a certificate for {name!r}, expected {party_name(peer)!r}")
-            _write_frame(sock, np.array([party_id], dtype=np.uint64), 0)
-            ack = _read_frame(sock, 0, 64)
-            if ack is None:
-                raise PeerLost("closed without acknowledging")
-        except ssl.SSLError as exc:
-            raw.close()
-            raise AuthenticationError(
-                f"{me}: TLS with {role_name(names, peer)} at {address[0]}:{address[1]} "
-                f"failed: {getattr(exc, 'verify_message', None) or exc.reason or exc}") from None
-        except (OSError, ProtocolError, PeerLost) as exc:
-            raw.close()
-            raise AuthenticationError(
-                f"{me}: {them} at {address[0]}:{address[1]} refused "
-                f"this party's certificate or hello: {exc}") from None
-        sock.settimeout(timeout)
-        return sock
-    raise PeerTimeout(f"{me}: could not reach {role_name(names, peer)} at "
-                      f"{address[0]}:{address[1]} ({last_error})")
+def _start_up_error(creds: Credentials, peers: tuple[int, ...], addresses: Mapping[int, Address],
+                    dialled: Mapping[int, object], failures: Mapping[int, SottovoceError],
+                    incoming: Mapping[int, object], problems: list[str],
+                    connect_timeout: float) -> SottovoceError | None:
+    """The error that explains a failed start-up best: a refused or wrong key first (it
+    names the endpoint at fault), then a peer that could not be reached, then one that never
+    dialled back (with what the acceptor refused meanwhile); None if every link is up."""
+    for kind in (ConfigError, AuthenticationError):
+        for peer in peers:
+            if isinstance(failures.get(peer), kind):
+                return failures[peer]
+    for peer in peers:
+        if peer in failures:
+            return failures[peer]
+        if peer not in dialled:  # its dial was still trying when time ran out
+            host, port = addresses[peer]
+            return PeerTimeout(f"{creds.role(creds.me)}: could not reach {creds.role(peer)} at "
+                               f"{host}:{port} within {connect_timeout:g} s (it accepted no "
+                               "link)")
+    missing = [p for p in peers if p not in incoming]
+    if not missing:
+        return None
+    host, port = addresses[missing[0]]
+    detail = f"; meanwhile it {'; '.join(problems[-3:])}" if problems else ""
+    return PeerTimeout(f"{creds.role(creds.me)}: {subject(creds.names, missing[0])} "
+                       f"({host}:{port}) did not connect back within {connect_timeout:g} s"
+                       f"{detail}")
 
 
 def connect(party_id: int, addresses: dict[int, Address], tls: TlsFiles,
             listener: socket.socket | None = None, timeout: float = DEFAULT_TIMEOUT,
-            connect_timeout: float = 30.0, names: Mapping[int, str] | None = None
+            connect_timeout: float = 30.0, names: Mapping[int, str] | None = None,
+            keepalive: bool = False, handshake_timeout: float = HANDSHAKE_TIMEOUT
             ) -> TcpChannel:
-    """Connect `party_id` to every other party in `addresses` over mutual TLS.
+    """Connect `party_id` to every other party in `addresses` over mutual TLS, each peer
+    proved by the key `tls.pins` names for it.
 
-    Raises PeerTimeout naming the party (by its role in `names`, "party i" by default),
-    host and port of a peer that cannot be reached within `connect_timeout`, and
-    AuthenticationError for a wrong certificate.
+    Peers are dialled in parallel while accepted connections are handshaken concurrently,
+    so one slow, silent or hostile connection holds up nobody. A peer whose key is wrong (or
+    that refuses this party's key) is an AuthenticationError naming its role, host and port,
+    raised once the links with every other peer are settled, so they are not left waiting
+    for this party; one that cannot be reached within `connect_timeout` is a PeerTimeout.
+    Roles come from `names` ("party i" by default). `keepalive` starts keep-alives (a party
+    running its role); channels driven by hand (tests) leave it off.
     """
     names = dict(names or {})
     if party_id not in addresses:
         raise ValueError(f"party {party_id} is not in the address list")
     peers = tuple(sorted(p for p in addresses if p != party_id))
-    server_ctx, client_ctx = _contexts(tls)
+    creds = Credentials.load(party_id, tls, sorted(addresses), names)
+    client_ctx = creds.context()
     own_listener = listener is None
     if listener is None:
         listener = listen(addresses[party_id])
     deadline = time.monotonic() + connect_timeout
-    incoming: dict[int, ssl.SSLSocket] = {}
-    problems: list[str] = []
-    acceptor = threading.Thread(target=_accept_all, daemon=True,
-                                args=(listener, server_ctx, set(peers), deadline, incoming,
-                                      problems))
-    acceptor.start()
+    progress = threading.Condition()
+    acceptor = Acceptor(creds, listener, frozenset(peers), progress, handshake_timeout)
     outgoing: dict[int, ssl.SSLSocket] = {}
+    failures: dict[int, SottovoceError] = {}
+    abandoned = threading.Event()
+
+    def dial_peer(peer: int) -> None:
+        try:
+            sock = dial(creds, peer, addresses[peer], client_ctx, deadline, handshake_timeout)
+        except SottovoceError as exc:
+            with progress:
+                failures[peer] = exc
+                progress.notify_all()
+            return
+        with progress:
+            if abandoned.is_set():
+                sock.close()
+            else:
+                outgoing[peer] = sock
+            progress.notify_all()
+
+    incoming: dict[int, ssl.SSLSocket] = {}
     try:
+        acceptor.start()
         for peer in peers:
-            outgoing[peer] = _dial(party_id, peer, addresses[peer], client_ctx, deadline,
-                                   timeout, names)
-        acceptor.join(max(0.0, deadline - time.monotonic()) + 1.0)
-        missing = [p for p in peers if p not in incoming]
-        if missing:
-            host, port = addresses[missing[0]]
-            detail = f"; {problems[-1]}" if problems else ""
-            raise PeerTimeout(f"{role_name(names, party_id)}: {subject(names, missing[0])} "
-                              f"({host}:{port}) did not "
-                              f"connect back within {connect_timeout:g} s{detail}")
+            threading.Thread(target=dial_peer, args=(peer,), daemon=True,
+                             name=f"sottovoce-dial-{party_id}-{peer}").start()
+        with progress:
+            while True:
+                dialled = len(outgoing) + len(failures) == len(peers)
+                # a peer this party cannot link with is still waited for until it has
+                # dialled here once: it learns why (this party's verdict or key) itself,
+                # instead of finding nobody listening and blaming the address
+                awaited = [p for p in peers if p not in acceptor.links
+                           and not (p in failures and p in acceptor.heard)]
+                remaining = deadline - time.monotonic()
+                # past the deadline, give the dials a moment to say why they failed
+                if (dialled and not awaited) or (remaining <= 0 and dialled) \
+                        or remaining <= -_DIAL_GRACE:
+                    break
+                progress.wait(remaining if remaining > 0 else remaining + _DIAL_GRACE)
+            abandoned.set()
+        incoming = acceptor.stop()
+        with progress:
+            error = _start_up_error(creds, peers, addresses, dict(outgoing), dict(failures),
+                                    incoming, list(acceptor.problems), connect_timeout)
+        if error is not None:
+            raise error
     except BaseException:
-        for sock in [*outgoing.values(), *incoming.values()]:
+        abandoned.set()
+        with progress:
+            links = [*outgoing.values(), *incoming.values(), *acceptor.links.values()]
+        for sock in links:
             sock.close()
         raise
     finally:
         if own_listener:
             listener.close()
     channel = TcpChannel(party_id=party_id, peers=peers, timeout=timeout, names=names,
-                         outgoing=outgoing, incoming=incoming)
+                         outgoing=dict(outgoing), incoming=incoming)
     channel.start()
+    if keepalive:
+        channel.start_keepalive()
     return channel

@@ -8,7 +8,7 @@ import dataclasses
 import librosa
 import numpy as np
 import pytest
-from audio_helpers import dominant_freq, sine, speechlike
+from conftest import dominant_freq, sine, speechlike
 
 import audio
 from audio import FeatureConfig, features, fit_length, log_mel, prepare

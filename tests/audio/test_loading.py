@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 import soundfile as sf
-from audio_helpers import dominant_freq, sine
+from conftest import dominant_freq, sine
 
 import audio
 from audio import load

@@ -3,10 +3,11 @@
 A `Fault` is a `protocols.run` hook (like `protocols.testing.tamper.Tamper`): installed in
 one party's
 runtime, it wraps that party's channel and, at its k-th message of a chosen stage, kills the
-process (`os._exit`), stops it for good (it sleeps and never reads or writes again), writes
-bytes that are not a frame, writes a frame whose header declares a payload above the limit,
-or writes half a frame and resets the connection; or it delays every message (a slow link).
-The scheme's code runs unchanged.
+process (`os._exit`), stops it for good (SIGSTOP: it never reads, writes or sends a
+keep-alive again), writes bytes that are not a frame, writes a frame whose header declares a
+payload above the limit, or writes half a frame and resets the connection; or it delays every
+message (a slow link), or keeps the party busy once for longer than the timeout (alive: its
+keep-alives flow, so the run must succeed). The scheme's code runs unchanged.
 
 For every fault the launcher must raise a `SottovoceError` within the configured timeout of
 the fault (the faulty party writes the wall-clock time it fired to a marker file), naming the
@@ -63,7 +64,8 @@ CLI = [sys.executable, "-m", "experiments.cli"]
 class Fault:
     """Make `party` misbehave at its message `index` (0-based) sent during `stage` (every
     stage if None). kinds: kill, stall, garbage, bad_header, reset, slow (every message of
-    the stage is delayed by `delay` seconds and nothing else changes)."""
+    the stage is delayed by `delay` seconds and nothing else changes), busy (the party
+    sleeps `delay` seconds once, before message `index`, then goes on)."""
 
     kind: str
     party: int
@@ -86,8 +88,12 @@ class Fault:
         sock = getattr(channel, "outgoing", {}).get(peer)
         if self.kind == "kill":
             os._exit(1)
-        if self.kind == "stall":
-            time.sleep(3600)  # neither sends nor reads again; the launcher must stop it
+        if self.kind == "stall":  # neither sends, reads nor keeps alive again: the launcher
+            os.kill(os.getpid(), signal.SIGSTOP)  # must stop it (a sleeping process would
+            time.sleep(3600)  # still send keep-alives, and be waited for)
+        if self.kind == "busy":
+            time.sleep(self.delay)  # alive meanwhile: the channel's keep-alives still flow
+            return True
         if self.kind == "garbage":
             sock.sendall(b"\x00\xffthis is not a sottovoce frame" * 4)
             return False
@@ -296,6 +302,31 @@ def test_a_slow_link_still_gives_the_right_labels(tiny, tmp_path):
     assert np.array_equal(np.load(sink / f"labels-party-{CLIENT}.npy"), labels["replicated"])
     assert Path(fault.marker).exists()
     assert time.monotonic() - start > counts["replicated"][1] * 0.05  # the delay did happen
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("scheme, busy, stage", [
+    ("replicated", 1, "online"),
+    ("additive", SCHEMES["additive"].parties, None),  # the dealer, still dealing
+])
+def test_a_party_busy_for_twice_the_timeout_is_waited_for(tiny, tmp_path, scheme, busy, stage):
+    """A party that computes (here: sleeps) for twice the timeout before its next message
+    is alive: its keep-alives reach every peer, so nobody times out and the labels are
+    right. (The stall test above is the control: stopped, the same party is reported.)"""
+    _, _, labels, _ = tiny
+    sink = tmp_path / "sink"
+    sink.mkdir()
+    index = _online_index(tiny, scheme, busy) if stage == "online" else 0
+    fault = Fault("busy", busy, index, stage=stage, delay=2 * TIMEOUT,
+                  marker=str(tmp_path / "fired"))
+    model, features = tiny[0], tiny[1]
+    start = time.monotonic()
+    reports = run(scheme, _programs(model, features, SCHEMES[scheme].parties, sink),
+                  transport="tcp", timeout=TIMEOUT, hook=fault)
+    assert np.array_equal(reports[CLIENT].result.labels, labels[scheme])
+    assert Path(fault.marker).exists()
+    assert time.monotonic() - start > 2 * TIMEOUT  # the party was busy that long
+    assert not multiprocessing.active_children()
 
 
 # -- faults through the command-line roles of a deployment ----------------------------------

@@ -20,7 +20,7 @@ from mpc.runtime import RunConfig
 
 
 def _cluster_text(cert_dir: Path, parties: list[dict], head: str | None = None) -> str:
-    lines = [head if head is not None else f'[cluster]\ntimeout = 5\nca = "{cert_dir}/ca.pem"']
+    lines = [head if head is not None else "[cluster]\ntimeout = 5"]
     for party in parties:
         lines.append("[[party]]")
         lines += [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"'
@@ -30,6 +30,7 @@ def _cluster_text(cert_dir: Path, parties: list[dict], head: str | None = None) 
 
 def _party(cert_dir: Path, pid: int, port: int | None = None, **extra) -> dict:
     entry = {"id": pid, "host": LOOPBACK, "port": port or 7000 + pid,
+             "fingerprint": (cert_dir / f"party-{pid}.fingerprint").read_text().strip(),
              "cert": f"{cert_dir}/party-{pid}.pem", "key": f"{cert_dir}/party-{pid}.key"}
     entry.update(extra)
     return entry
@@ -50,7 +51,9 @@ def test_write_and_load_cluster(tmp_path, cert_dir):
     assert loaded.addresses() == {0: (LOOPBACK, 9100), 1: (LOOPBACK, 9101),
                                   2: ("localhost", 9102)}
     assert loaded.parties[1].tls.cert.resolve() == (cert_dir / "party-1.pem").resolve()
-    assert loaded.parties[1].tls.ca.resolve() == (cert_dir / "ca.pem").resolve()
+    # the trust anchor of party 1 is the fingerprint of its own key, not a CA
+    assert loaded.parties[1].fingerprint == (cert_dir / "party-1.fingerprint").read_text().strip()
+    assert loaded.tls(0).pins == loaded.pins() and len(set(loaded.pins().values())) == 3
     assert "../" in path.read_text()  # paths are written relative to the file
 
 
@@ -65,7 +68,7 @@ def test_write_and_load_cluster(tmp_path, cert_dir):
     ("missing_cert", "cert file"),
     ("missing_key", "key file"),
     ("missing_ca", "ca file"),
-    ("no_ca", "no ca"),
+    ("no_fingerprint", "lacks fingerprint"),
     ("no_parties", "no parties"),
     ("lacks_host", "lacks host"),
     ("bad_timeout", "timeout must be"),
@@ -96,14 +99,14 @@ def test_cluster_validation_errors(tmp_path, cert_dir, case, message):
             parties[1]["key"] = "nope.key"
         elif case == "missing_ca":
             head = '[cluster]\nca = "nowhere/ca.pem"'
-        elif case == "no_ca":
-            head = "[cluster]\ntimeout = 3"
+        elif case == "no_fingerprint":
+            del parties[0]["fingerprint"]
         elif case == "no_parties":
             parties = []
         elif case == "lacks_host":
             del parties[0]["host"]
         elif case == "bad_timeout":
-            head = f'[cluster]\ntimeout = -1\nca = "{cert_dir}/ca.pem"'
+            head = "[cluster]\ntimeout = -1"
         elif case == "unknown_key":
             parties[0]["prot"] = 1
         elif case == "negative_id":

@@ -6,15 +6,22 @@ Everything runs on loopback with ports the operating system chooses.
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import re
+import signal
+import socket
 import struct
 import time
 
 import numpy as np
 import pytest
-from conftest import connected, in_threads
+from conftest import close_all, connected, in_threads, loopback_listeners
 
-from mpc.errors import PeerLost, PeerTimeout, ProtocolError
-from mpc.net import framing
+from mpc.errors import PartyFailed, PeerLost, PeerTimeout, ProtocolError
+from mpc.launch import run_processes
+from mpc.net import framing, tcp
+from mpc.runtime import RunConfig
 
 
 @pytest.mark.timeout(30)
@@ -99,3 +106,130 @@ def test_hostile_shape_on_a_connection_is_protocol_error(certs3):
         channels[1].outgoing[0].sendall(head + struct.pack("<2Q", 2**63, 0))
         with pytest.raises(ProtocolError, match="too large"):
             channels[0].recv(1)
+
+
+# -- start-up that strangers cannot stall, keep-alives (issue 17) -----------------------------
+@pytest.mark.timeout(30)
+def test_silent_and_garbage_connections_do_not_delay_start_up(certs3, caplog):
+    """Before party 0's peers dial it, strangers connect to it: one sends nothing, one sends
+    garbage, one sends the start of a hello and stops. Start-up still completes at once
+    (every connection is handshaken in its own thread, with a short deadline) instead of
+    after the connect timeout; the garbage is dropped and logged, the silent ones are dropped
+    once their handshake deadline has passed."""
+    caplog.set_level(logging.WARNING, logger="mpc.net.handshake")
+    listeners, addresses = loopback_listeners(3)
+    strangers = [socket.create_connection(addresses[0]) for _ in range(3)]
+    strangers[1].sendall(b"\x00\xff not a hello, not TLS either " * 3)
+    strangers[2].sendall(b"SVID\x01")
+    opened = time.monotonic()
+    try:
+        results, errors = in_threads({
+            p: functools.partial(tcp.connect, p, addresses, certs3[p], listener=listeners[p],
+                                 timeout=5, connect_timeout=20) for p in range(3)})
+        elapsed = time.monotonic() - opened
+    finally:
+        for sock in listeners.values():
+            sock.close()
+    try:
+        assert not errors, errors
+        assert elapsed < 2.5, elapsed  # the connect timeout is 20 s, a handshake's 5 s
+        results[0].send(1, np.array([4], dtype=np.uint64))
+        assert results[1].recv(0).tolist() == [4]
+        assert any("dropped a connection from 127.0.0.1" in r.getMessage()
+                   and "does not speak sottovoce" in r.getMessage() for r in caplog.records)
+        for stranger in strangers:  # each is closed once its 5 s to say who it is are over
+            stranger.settimeout(10)
+            try:
+                assert stranger.recv(100) == b""
+            except ConnectionResetError:
+                pass  # dropped with unread data
+        assert 4.0 < time.monotonic() - opened < 9.0
+    finally:
+        close_all(results)
+        for stranger in strangers:
+            stranger.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_peer_busy_for_twice_the_timeout_is_waited_for(certs3):
+    """With keep-alives (what every launched party runs with), a peer that computes for
+    twice the timeout before it sends is alive, and is waited for; the keep-alives count as
+    neither messages nor bytes. (test_silent_peer_times_out_naming_it is the control.)"""
+    timeout = 1.0
+    with connected({p: certs3[p] for p in (0, 1)}, timeout=timeout) as channels:
+        for channel in channels.values():
+            channel.start_keepalive()
+
+        def busy():
+            time.sleep(2 * timeout)  # no channel call meanwhile: only keep-alives go out
+            channels[1].send(0, np.array([5], dtype=np.uint64))
+
+        def waiting():
+            start = time.monotonic()
+            got = channels[0].recv(1)
+            return time.monotonic() - start, got.tolist()
+
+        results, errors = in_threads({0: waiting, 1: busy})
+        assert not errors, errors
+        elapsed, got = results[0]
+        assert got == [5] and elapsed > 1.9 * timeout
+        assert channels[1]._keepalive.sent >= 3  # every timeout / 4 while idle
+        traffic = channels[0].traffic
+        assert traffic.messages_received == 1
+        assert traffic.bytes_received == framing.HEADER_SIZE + 8 + 8
+
+
+@pytest.mark.timeout(30)
+def test_endpoints_waiting_for_each_other_still_time_out(certs3):
+    """Keep-alives do not hide a deadlock: no endpoint sends them to the peer it is itself
+    waiting for, so two endpoints waiting for each other both time out."""
+    timeout = 1.0
+    with connected({p: certs3[p] for p in (0, 1)}, timeout=timeout) as channels:
+        for channel in channels.values():
+            channel.start_keepalive()
+
+        def waiting(p: int):
+            start = time.monotonic()
+            try:
+                channels[p].recv(1 - p)
+            except PeerTimeout as exc:
+                return time.monotonic() - start, str(exc)
+            return None
+
+        results, errors = in_threads({p: functools.partial(waiting, p) for p in (0, 1)})
+        assert not errors, errors
+        for p in (0, 1):
+            elapsed, message = results[p]
+            assert f"party {1 - p} sent nothing for 1 s" in message
+            assert timeout * 0.9 <= elapsed < timeout + 1.0
+
+
+def _busy_then_stopped(rt, victim: int, busy: float) -> None:
+    if rt.party_id == victim:
+        time.sleep(busy)  # alive: keep-alives flow
+        os.kill(os.getpid(), signal.SIGSTOP)  # stopped: nothing flows any more
+        time.sleep(3600)
+    start = time.monotonic()
+    try:
+        rt.channel.recv(victim)
+    except PeerTimeout as exc:
+        raise RuntimeError(f"after {time.monotonic() - start:.2f} s: {exc}") from None
+
+
+@pytest.mark.timeout(90)
+def test_a_stopped_peer_process_is_reported_within_the_timeout():
+    """Party 1's process computes for twice the timeout (waited for), then is stopped
+    (SIGSTOP): party 0 reports it about one timeout after the stop, not later, and the
+    launcher stops it."""
+    timeout, busy = 2.0, 4.0
+    with pytest.raises(PartyFailed) as info:
+        run_processes([functools.partial(_busy_then_stopped, victim=1, busy=busy)] * 2,
+                      RunConfig(n_parties=2, timeout=timeout), connect_timeout=30)
+    assert info.value.party_id == 1 and "neither finished nor failed" in str(info.value)
+    notes = "\n".join(getattr(info.value, "__notes__", ()))
+    found = re.search(r"after ([\d.]+) s: party 0: party 1 sent nothing for 2 s", notes)
+    assert found, notes
+    waited = float(found.group(1))
+    # keep-alives go every timeout / 4: the last one left at most that (and a tick) before
+    # the stop, so the stop is reported between 0.6 and 1 timeout (plus scheduling) after it
+    assert busy + 0.6 * timeout <= waited <= busy + timeout + 1.0, waited

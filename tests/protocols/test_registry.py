@@ -4,8 +4,9 @@ protocol class and default party count."""
 from __future__ import annotations
 
 import pytest
+from conftest import ROUNDS
 
-from protocols.registry import SCHEMES
+from protocols.registry import ROUNDED, SCHEMES, Scheme
 from protocols.schemes.additive import Additive
 from protocols.schemes.rep4 import Rep4
 from protocols.schemes.replicated import Replicated
@@ -20,5 +21,9 @@ def test_registered_with_its_default_party_count(name, protocol, parties):
     assert SCHEMES[name].protocol is protocol and SCHEMES[name].parties == parties
 
 
-def test_every_scheme_is_listed_above():
-    assert sorted(SCHEMES) == ["additive", "rep4", "replicated", "replicated_mac", "spdz2k"]
+def test_every_scheme_states_the_rounds_of_every_primitive():
+    """The shared round-count bodies (tests/conftest.py ROUNDS) read them from here."""
+    assert all(set(s.rounds) == set(ROUNDED) for s in SCHEMES.values())
+    assert ROUNDS == {name: dict(s.rounds) for name, s in SCHEMES.items()}
+    with pytest.raises(ValueError, match="state the rounds"):
+        Scheme(Additive, "setting", "threat", "cost", rounds={"input": 0})

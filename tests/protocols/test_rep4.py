@@ -3,29 +3,17 @@ of test_base.py, test_tensor.py and test_functions.py (which run every primitive
 pinned round counts of conftest.ROUNDS and the comparison's view under rep4 too): the
 sharing layout, material made online, the offline phase and traffic. The reference CNN
 against torch is in tests/nn/test_inference.py, tampering (a corrupt party) in
-test_tamper.py.
+test_tamper.py, values from and to the client and the model owner in test_external.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from conftest import i64, reveal_all, ring_values, run_secure, secret, u64
-from external_helpers import (
-    alter_sent,
-    bundled_clips,
-    deploy,
-    loaded,
-    plaintext_labels,
-    run_external,
-    shift_input,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mpc.errors import CheatingDetected, ProtocolError
-from protocols.ops import Mul
 from protocols.schemes.rep4 import Rep4
 from protocols.tensor import SecretTensor
 
@@ -120,113 +108,3 @@ def test_secret_tensor_wraps_rep4_shares():
 
     got = run4(program)[0].result
     assert np.array_equal(got, u64(np.arange(6).reshape(2, 3).T))
-
-
-# -- values from and to endpoints outside the computation (issue 17) --------------------------
-# A small program (both outside values enter; a product and a sum of them go back to the
-# client, so every party sends and vouches for values that depend on both), a deployment of
-# the bundled model, and compute party 1 deviating in each way the scheme must catch.
-
-CLIENT, OWNER = N, N + 1
-DEVIANT = 1
-
-
-def _outside_values(seed: int = 0, size: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 1 << 64, size=(2, 3), dtype=np.uint64)
-    w = rng.integers(0, 1 << 64, size=size, dtype=np.uint64)
-    return x, w
-
-
-def _product_and_sum(p, w, x):
-    """Shares of x * w[:6] + x (shares carry the component axis first)."""
-    return p.add(p.bilinear(x, w[:, :6].reshape(-1, 2, 3), Mul()), x)
-
-
-def _expected(x, w):
-    return x * w[:6].reshape(2, 3) + x
-
-
-def test_outside_values_enter_and_leave_exactly_and_masks_cost_seeds_only():
-    """The client gets x w + x; the owner receives 3 seeds of 16 bytes from each party,
-    whatever the size of its value."""
-    received = {}
-    for size in (6, 6000):
-        x, w = _outside_values(size=size)
-        hook = lambda runtime, size=size: received.setdefault(size, runtime.channel)  # noqa: E731
-        assert np.array_equal(run_external(SCHEME, x, w, _product_and_sum, {OWNER: hook}),
-                              _expected(x, w))
-    small, large = (received[s].traffic for s in (6, 6000))
-    assert small.bytes_received == large.bytes_received <= N * (3 * 16 + 64)
-    assert large.bytes_sent - small.bytes_sent == N * 8 * (6000 - 6)
-
-
-def test_deployment_labels_like_plaintext():
-    clips = bundled_clips(2)
-    assert deploy(SCHEME, clips) == plaintext_labels(clips)
-
-
-@pytest.mark.parametrize("source", [CLIENT, OWNER])
-def test_a_shifted_share_of_an_outside_value_is_caught(monkeypatch, source):
-    """(a) Party 1 adds to its share of the features or of the weights after the input."""
-    x, w = _outside_values()
-    shift_input(monkeypatch, SCHEME, DEVIANT, source, 1 << 20)
-    with pytest.raises(CheatingDetected):
-        run_external(SCHEME, x, w, _product_and_sum)
-
-
-def test_a_shifted_last_bias_is_caught_in_a_deployment(monkeypatch):
-    """(a) in a deployment: the shift that decides every label under the passive method."""
-    bias_scale = 2 * loaded().secure.fixed.frac_bits
-    shift_input(monkeypatch, SCHEME, DEVIANT, OWNER, 1000 << bias_scale, position=-1)
-    with pytest.raises(CheatingDetected):
-        deploy(SCHEME, bundled_clips(1))
-
-
-@pytest.mark.parametrize("to", [CLIENT, OWNER])
-@pytest.mark.parametrize("position", [0, 5])
-def test_altered_mask_seeds_are_refused_naming_the_party(to, position):
-    """(b) Party 1 alters a seed of a component of r it sends the outside endpoint."""
-    x, w = _outside_values()
-    with pytest.raises(ProtocolError, match="and party 1 sent different seeds"):
-        run_external(SCHEME, x, w, _product_and_sum,
-                     {DEVIANT: alter_sent(to, 0, position=position)})
-
-
-@pytest.mark.parametrize("position", [0, 17])
-def test_altered_result_components_are_refused_whatever_the_result(position):
-    """(c) Party 1 alters a copy of a component of the result it sends the client: refused,
-    naming party 1, for results that differ (so refusing tells party 1 nothing)."""
-    for seed in (0, 1):
-        x, w = _outside_values(seed)
-        with pytest.raises(ProtocolError, match="and party 1 sent different copies"):
-            run_external(SCHEME, x, w, _product_and_sum,
-                         {DEVIANT: alter_sent(CLIENT, 1, position=position)})
-
-
-def test_altered_label_components_are_refused_in_a_deployment():
-    """(c) in a deployment: the label copy party 1 sends the client."""
-    with pytest.raises(ProtocolError, match="and party 1 sent different copies"):
-        deploy(SCHEME, bundled_clips(1), {DEVIANT: alter_sent(CLIENT, 1)})
-
-
-def test_a_false_confirmation_of_the_masked_value_is_caught(monkeypatch):
-    """(d) Party 1 vouches for another masked value than it received."""
-    original = Rep4._vouch
-
-    def lying(self, peer, value, step):
-        if self.party_id == DEVIANT and step.startswith("input from"):
-            value = np.asarray(value) ^ np.uint64(1)
-        original(self, peer, value, step)
-
-    monkeypatch.setattr(Rep4, "_vouch", lying)
-    x, w = _outside_values()
-    with pytest.raises(CheatingDetected, match="input from the"):
-        run_external(SCHEME, x, w, _product_and_sum)
-
-
-def test_a_source_that_sends_parties_different_masked_values_is_caught():
-    """The confirmation's other half: the owner sends party 2 another x - r."""
-    x, w = _outside_values()
-    with pytest.raises(CheatingDetected, match="input from the model owner"):
-        run_external(SCHEME, x, w, _product_and_sum, {OWNER: alter_sent(2, 0)})

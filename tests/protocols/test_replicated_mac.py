@@ -4,7 +4,8 @@ and test_functions.py (which run every primitive, the pinned round counts of con
 and the comparison's view under replicated_mac too): the sharing and MAC layout, batched bit
 circuits, the verification of binary gates before a reveal, traffic, detection of altered
 messages anywhere in a message, and a small CNN against torch. The message-by-message tamper
-sweep is in test_tamper.py, the reference CNN in tests/nn/test_inference.py.
+sweep is in test_tamper.py, the reference CNN in tests/nn/test_inference.py, values from and
+to the client and the model owner in test_external.py.
 """
 
 from __future__ import annotations
@@ -27,26 +28,16 @@ from conftest import (
     top2_margin,
     torch_logits,
 )
-from external_helpers import (
-    alter_sent,
-    bundled_clips,
-    deploy,
-    loaded,
-    plaintext_labels,
-    run_external,
-    shift_input,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
 
 from mpc import ring128 as r128
-from mpc.errors import CheatingDetected, ProtocolError
+from mpc.errors import CheatingDetected
 from nn.importer import from_torch
 from nn.inference import classify
 from protocols.blocks import binary_rep3
-from protocols.ops import Mul
 from protocols.run import run
 from protocols.schemes import replicated_mac as rm
 from protocols.schemes.replicated_mac import ReplicatedMac
@@ -249,109 +240,3 @@ def test_small_cnn_labels_and_logits_equal_torch():
     np.testing.assert_array_equal(result.labels, reference[keep].argmax(axis=1))
     assert np.abs(result.logits - reference[keep]).max() <= 1e-3
     assert len(result.parties) == N
-
-
-# -- values from and to endpoints outside the computation (issue 17) --------------------------
-# A small program (both outside values enter; a product and a sum of them go back to the
-# client, so every party sends values that depend on both and the MAC check covers them),
-# a deployment of the bundled model, and compute party 1 deviating in each way the scheme
-# must catch. Deployments take 10-20 s here: two of them, the rest on the small program.
-
-CLIENT, OWNER = N, N + 1
-DEVIANT = 1
-
-
-def _outside_values(seed: int = 0, size: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 1 << 64, size=(2, 3), dtype=np.uint64)
-    w = rng.integers(0, 1 << 64, size=size, dtype=np.uint64)
-    return x, w
-
-
-def _product_and_sum(p, w, x):
-    """Shares of x * w[:6] + x (shares carry the 8 limb components first)."""
-    return p.add(p.bilinear(x, w[:, :6].reshape(-1, 2, 3), Mul()), x)
-
-
-def _expected(x, w):
-    return x * w[:6].reshape(2, 3) + x
-
-
-def test_outside_values_enter_and_leave_exactly_and_masks_cost_seeds_only():
-    """The client gets x w + x mod 2^64 (so [r~] + c passed the MAC check as a correct
-    authenticated sharing); the owner receives 2 seeds of 16 bytes from each party,
-    whatever the size of its value."""
-    received = {}
-    for size in (6, 6000):
-        x, w = _outside_values(size=size)
-        hook = lambda runtime, size=size: received.setdefault(size, runtime.channel)  # noqa: E731
-        assert np.array_equal(run_external(SCHEME, x, w, _product_and_sum, {OWNER: hook}),
-                              _expected(x, w))
-    small, large = (received[s].traffic for s in (6, 6000))
-    assert small.bytes_received == large.bytes_received <= N * (2 * 16 + 64)
-    assert large.bytes_sent - small.bytes_sent == N * 8 * (6000 - 6)
-
-
-def test_deployment_labels_like_plaintext():
-    clips = bundled_clips(2)
-    assert deploy(SCHEME, clips) == plaintext_labels(clips)
-
-
-@pytest.mark.parametrize("source", [CLIENT, OWNER])
-def test_a_shifted_share_of_an_outside_value_is_caught(monkeypatch, source):
-    """(a) Party 1 adds to its share of the features or of the weights after the input."""
-    x, w = _outside_values()
-    shift_input(monkeypatch, SCHEME, DEVIANT, source, 1 << 20)
-    with pytest.raises(CheatingDetected):
-        run_external(SCHEME, x, w, _product_and_sum)
-
-
-def test_a_shifted_last_bias_is_caught_in_a_deployment(monkeypatch):
-    """(a) in a deployment: the shift that decides every label under the passive method."""
-    bias_scale = 2 * loaded().secure.fixed.frac_bits
-    shift_input(monkeypatch, SCHEME, DEVIANT, OWNER, 1000 << bias_scale, position=-1)
-    with pytest.raises(CheatingDetected):
-        deploy(SCHEME, bundled_clips(1))
-
-
-@pytest.mark.parametrize("to", [CLIENT, OWNER])
-@pytest.mark.parametrize("position", [0, 3])
-def test_altered_mask_seeds_are_refused_naming_the_party(to, position):
-    """(b) Party 1 alters a seed of a component of r it sends the outside endpoint."""
-    x, w = _outside_values()
-    with pytest.raises(ProtocolError, match="party 1 .*sent different seeds"):
-        run_external(SCHEME, x, w, _product_and_sum,
-                     {DEVIANT: alter_sent(to, 0, position=position)})
-
-
-@pytest.mark.parametrize("position", [0, 11])
-def test_altered_result_components_are_refused_whatever_the_result(position):
-    """(c) Party 1 alters a copy of a component of the result it sends the client: refused,
-    naming party 1, for results that differ (so refusing tells party 1 nothing)."""
-    for seed in (0, 1):
-        x, w = _outside_values(seed)
-        with pytest.raises(ProtocolError, match="party 1 .*sent different copies"):
-            run_external(SCHEME, x, w, _product_and_sum,
-                         {DEVIANT: alter_sent(CLIENT, 1, position=position)})
-
-
-def test_a_false_confirmation_of_the_masked_value_is_caught(monkeypatch):
-    """(d) Party 1 vouches for another masked value than it received."""
-    original = ReplicatedMac._vouch_received
-
-    def lying(self, data):
-        if self.party_id == DEVIANT:
-            data = data ^ np.uint64(1)
-        original(self, data)
-
-    monkeypatch.setattr(ReplicatedMac, "_vouch_received", lying)
-    x, w = _outside_values()
-    with pytest.raises(CheatingDetected, match="vouched for a different transcript"):
-        run_external(SCHEME, x, w, _product_and_sum)
-
-
-def test_a_source_that_sends_parties_different_masked_values_is_caught():
-    """The confirmation's other half: the owner sends party 2 another x - r."""
-    x, w = _outside_values()
-    with pytest.raises(CheatingDetected, match="vouched for a different transcript"):
-        run_external(SCHEME, x, w, _product_and_sum, {OWNER: alter_sent(2, 0)})

@@ -2,10 +2,12 @@
 by dealt [r] with r known to the source, outputs masked by dealt [s] known to the target.
 
 A small program (the owner's w and the client's x, y = x * w + x) runs every role as a
-thread: fast, 2 and 3 parties, every deviation. Then the bundled model through
-`experiments.deploy.run_deployment`: the honest labels, and compute party 1 shifting its
+thread: fast, 2 and 3 parties, every deviation. The bundled model through
+`experiments.deploy.run_deployment` (the honest labels, and compute party 1 shifting its
 share of the features or the weights, altering the result it sends the client, or lying in
-the hash comparison, each of which ends in an error, never in labels.
+the hash comparison) is tested for every active scheme in
+tests/experiments/test_deploy_integrity.py; the replicated schemes' outside values in
+test_external.py.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from conftest import lie_about_masked_inputs, shift_input
 
-from experiments.deploy import Roles, run_deployment
-from experiments.modelfile import BUNDLED_CLIPS, BUNDLED_MODEL, load_model, plaintext_logits
+from experiments.deploy import Roles
 from mpc import ring128 as r128
 from mpc.errors import CheatingDetected, ConfigError, ProtocolError
 from mpc.launch import run_threads
@@ -106,36 +108,6 @@ def _send_hook(to: Callable[[Runtime, int], bool], delta: int) -> Hook:
     return hook
 
 
-def _lying_hash(runtime: Runtime) -> None:
-    """Party DEVIANT sends a wrong hash in every `confirm_same`."""
-    channel = runtime.channel
-    exchange = channel.exchange
-
-    def lying(outgoing, receive_from=None, **kwargs):
-        if kwargs.get("what", "").startswith("as its hash of"):
-            outgoing = {p: a ^ np.uint64(1) for p, a in outgoing.items()}
-        return exchange(outgoing, receive_from, **kwargs)
-
-    channel.exchange = lying
-
-
-def _shift_share(monkeypatch, source: Callable[[Roles], int], delta: int,
-                 position: int = 0) -> None:
-    """Party DEVIANT adds `delta` to word `position` of its value share of what `source`
-    entered, right after `input_external`."""
-    original = Spdz2k.input_external
-
-    def deviating(self, src: int, shape: tuple[int, ...]) -> np.ndarray:
-        share = original(self, src, shape)
-        roles = Roles.for_scheme(SCHEME, self.n_parties)
-        if self.party_id == DEVIANT and src == source(roles):
-            share = share.copy()
-            share[0].reshape(-1)[position] += np.uint64(delta % (1 << 64))
-        return share
-
-    monkeypatch.setattr(Spdz2k, "input_external", deviating)
-
-
 def _to_client(runtime: Runtime, peer: int) -> bool:
     return peer == Roles.for_scheme(SCHEME, runtime.n_parties).client
 
@@ -200,7 +172,8 @@ def test_outside_masks_are_the_dealt_values(n):
 @pytest.mark.parametrize("source", ["client", "model_owner"])
 def test_a_shifted_share_of_an_outside_input_is_caught(monkeypatch, source):
     w, x = _values(7)
-    _shift_share(monkeypatch, lambda roles: getattr(roles, source), 1 << 20)
+    shift_input(monkeypatch, SCHEME.name, DEVIANT, getattr(Roles.for_scheme(SCHEME, 2), source),
+                1 << 20)
     with pytest.raises(CheatingDetected, match="MAC check failed"):
         _small(2, w, x)
 
@@ -239,11 +212,13 @@ def test_refusal_does_not_depend_on_the_result():
     assert len(set(errors)) == 1
 
 
-def test_a_wrong_hash_stops_the_honest_party():
+def test_a_wrong_hash_stops_the_honest_party(monkeypatch):
+    """Party 1 sends a wrong hash in every `confirm_same`."""
+    lie_about_masked_inputs(monkeypatch, SCHEME.name, DEVIANT)
     w, x = _values(11)
     with pytest.raises(CheatingDetected, match="received a different masked input from the "
                                                "model owner"):
-        _small(2, w, x, {DEVIANT: _lying_hash})
+        _small(2, w, x)
 
 
 def test_a_source_that_sends_different_values_is_caught():
@@ -265,45 +240,3 @@ def test_a_dealer_less_endpoint_list_is_refused():
 
     with pytest.raises(ConfigError, match="need the dealer"):
         Spdz2k.give_external(None, Endpoints(2), np.zeros(2, dtype=np.uint64))
-
-
-# -- the bundled model, deployed ---------------------------------------------------------------
-LOADED = load_model(BUNDLED_MODEL, check=False)
-CLIPS = sorted(BUNDLED_CLIPS.glob("*.wav"))[:2]
-
-
-def _deploy(clips, hooks=None) -> list[str]:
-    return run_deployment("spdz2k", LOADED.secure, LOADED.feature_config.to_dict(), clips,
-                          timeout=120.0, hooks=hooks)
-
-
-def test_deployment_labels_like_plaintext():
-    import audio
-
-    config = LOADED.feature_config
-    features = np.stack([audio.features(audio.load(c, sample_rate=config.sample_rate), config)
-                         for c in CLIPS])
-    plain = plaintext_logits(LOADED, features).argmax(axis=1)
-    assert _deploy(CLIPS) == [LOADED.labels[i] for i in plain]
-
-
-def test_deployment_shifted_weight_share_is_caught(monkeypatch):
-    """The last bias entry shifted by 1000 at party 1 (in the passive method that decides
-    every label); the features' path is the same code, tested on the small program above
-    and, for every active scheme, in tests/experiments/test_deploy_integrity.py."""
-    _shift_share(monkeypatch, lambda roles: roles.model_owner,
-                 1000 << LOADED.secure.fixed.frac_bits, -1)
-    with pytest.raises(CheatingDetected, match="MAC check failed"):
-        _deploy(CLIPS[:1])
-
-
-@pytest.mark.parametrize("deviation", ["label copy", "hash"])
-def test_deployment_deviation_at_the_boundary_is_caught(deviation):
-    """Party 1 adds 1 to the masked label it sends the client (the client refuses), or
-    lies about the hash of the weights' masked input (the honest party stops)."""
-    hook = _send_hook(_to_client, 1) if deviation == "label copy" else _lying_hash
-    expected = ProtocolError if deviation == "label copy" else CheatingDetected
-    with pytest.raises(expected) as caught:
-        _deploy(CLIPS[:1], {DEVIANT: hook})
-    assert "party 1" in str(caught.value)
-

@@ -83,6 +83,9 @@ def run_with_plan(scheme: str, n_parties: int, program, plan: list[Request]):
                                         dealer=needs_dealer))
 
 
+# The schemes whose material comes from a `MaterialStore` dealt to the plan (rep4 makes
+# unplanned material online, replicated_mac has no offline phase, spdz2k its own store:
+# tests/protocols/test_spdz2k.py::test_material_must_follow_the_plan).
 @pytest.mark.parametrize(("scheme", "n_parties"), [("additive", 2), ("additive", 3),
                                                     ("replicated", 3)])
 def test_asking_for_more_than_planned_fails(scheme, n_parties):
