@@ -30,7 +30,7 @@ from typing import NoReturn
 
 from cryptography.x509.oid import NameOID
 
-from mpc.errors import AuthenticationError, ConfigError, PeerTimeout
+from mpc.errors import AuthenticationError, ConfigError, PeerTimeout, SottovoceError
 from mpc.net import certs
 from mpc.net.certs import TlsFiles, fingerprint, short, validity_problem
 from mpc.net.channel import role_name, subject
@@ -78,7 +78,11 @@ class Credentials:
              names: Mapping[int, str]) -> Credentials:
         """Read this endpoint's certificate; ConfigError if a pin is missing or malformed,
         if this endpoint's key is not the one pinned for it, or if its certificate expired."""
-        pins = {int(p): str(fp) for p, fp in tls.pins.items()}
+        pins = {int(p): certs.normalize_fingerprint(fp) for p, fp in tls.pins.items()}
+        bad = [p for p, fp in pins.items() if fp is None]
+        if bad:
+            raise ConfigError(f"{role_name(names, me)}: the fingerprint pinned for "
+                              f"{role_name(names, bad[0])} is not 64 hex digits")
         missing = [p for p in endpoints if p not in pins]
         if missing:
             raise ConfigError(f"{role_name(names, me)}: no pinned key fingerprint for "
@@ -209,6 +213,8 @@ def _dial_once(creds: Credentials, peer: int, address: Address, raw: socket.sock
     try:
         raw.settimeout(max(0.05, deadline - time.monotonic()))
         sock = context.wrap_socket(raw)
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError) as exc:
+        raise _Retry(f"TLS handshake broke off: {exc}") from None  # e.g. the peer restarted
     except ssl.SSLError as exc:
         raise AuthenticationError(
             f"{me}: TLS with {creds.role(peer)} at {where} failed: "
@@ -237,7 +243,11 @@ def _check_server(creds: Credentials, peer: int, where: str, sock: ssl.SSLSocket
     der = sock.getpeercert(binary_form=True)
     if not der:
         raise AuthenticationError(f"{me}: {them} at {where} presented no certificate")
-    cert = certs.certificate_from_der(der)
+    try:
+        cert = certs.certificate_from_der(der)
+    except ValueError:
+        raise AuthenticationError(f"{me}: {them} at {where} presented an unreadable "
+                                  "certificate") from None
     got = fingerprint(cert)
     if got != creds.pins[peer]:
         owner = creds.owners.get(got)
@@ -281,14 +291,17 @@ class Acceptor:
         self._thread.start()
 
     def stop(self) -> dict[int, ssl.SSLSocket]:
-        """Stop accepting (handshakes still running drop their connection); the links."""
+        """Stop accepting (handshakes still running drop their connection); the links.
+        Stopping twice, or before `start`, is harmless."""
         with self.progress:
-            self._stopped = True
+            already, self._stopped = self._stopped, True
             links = dict(self.links)
-        self._wake_w.send(b"x")
-        self._thread.join()
-        self._wake_r.close()
-        self._wake_w.close()
+        if not already:
+            self._wake_w.send(b"x")
+            if self._thread.is_alive():
+                self._thread.join()
+            self._wake_r.close()
+            self._wake_w.close()
         return links
 
     def _accept_loop(self) -> None:
@@ -336,7 +349,7 @@ class Acceptor:
         except _Dropped as exc:
             self._problem(f"dropped a connection from {where}: {exc}")
             raw.close()
-        except (OSError, TimeoutError, ValueError) as exc:
+        except (OSError, TimeoutError, ValueError, SottovoceError) as exc:
             self._problem(f"dropped a connection from {where}: its handshake failed: {exc}")
             raw.close()
         else:

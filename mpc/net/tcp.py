@@ -41,6 +41,10 @@ from mpc.net.keepalive import KeepAlive
 Address = tuple[str, int]
 _DRAIN_SECONDS = 0.02
 _DIAL_GRACE = 1.0  # seconds past the connect deadline a dial may take to report its failure
+# Bytes per TLS write. OpenSSL reports no partial writes: a send of a whole 900 MB frame raises
+# "want write" until every byte is out, so progress (which restarts the timeout) is only seen
+# chunk by chunk. A retried chunk is the same bytes, as TLS requires.
+_SEND_CHUNK = 1 << 18
 _KEEPALIVE = framing.keepalive()
 
 
@@ -91,6 +95,21 @@ class _FrameReader:
             if self.length:
                 return
         # a part of length zero (empty payload) completes at once: handled by the loop
+
+
+def _read_frame(sock: socket.socket, sequence: int, max_payload: int) -> np.ndarray | None:
+    """One frame from a blocking socket, through the parser the channel uses (keep-alives
+    skipped); None at a clean end of stream before the frame starts."""
+    reader = _FrameReader(max_payload)
+    reader.sequence = sequence
+    while not reader.frames:
+        n = sock.recv_into(reader.target())
+        if n == 0:
+            if not reader.mid_frame:
+                return None
+            raise PeerLost(f"connection closed mid-message ({reader.part})")
+        reader.advance(n)
+    return reader.frames.popleft()
 
 
 _WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError)
@@ -242,7 +261,7 @@ class TcpChannel(Channel):
             while sent < len(view):
                 want_read = False
                 try:
-                    sent += sock.send(view[sent:])
+                    sent += sock.send(view[sent:sent + _SEND_CHUNK])
                     deadline = time.monotonic() + self.timeout
                     continue
                 except ssl.SSLWantReadError:  # TLS housekeeping (e.g. a key update)
@@ -387,6 +406,7 @@ def connect(party_id: int, addresses: dict[int, Address], tls: TlsFiles,
             raise error
     except BaseException:
         abandoned.set()
+        acceptor.stop()
         with progress:
             links = [*outgoing.values(), *incoming.values(), *acceptor.links.values()]
         for sock in links:

@@ -15,7 +15,7 @@ from conftest import LOOPBACK, in_threads, loopback_listeners
 
 from mpc import cluster
 from mpc.errors import ConfigError
-from mpc.net.certs import make_certificates
+from mpc.net.certs import make_certificates, make_identity
 from mpc.runtime import RunConfig
 
 
@@ -162,3 +162,78 @@ def test_start_party_checks_its_arguments(tmp_path, cert_dir):
         cluster.start_party(spec, 0, RunConfig(n_parties=3))
     with pytest.raises(ConfigError, match="needs 3"):
         cluster.start_party(spec, 0, RunConfig(n_parties=2, dealer=True))
+
+
+@pytest.mark.timeout(60)
+def test_a_cluster_of_keys_made_on_each_host_works_on_loopback(tmp_path):
+    """Three "hosts" (folders) each make their own key; one shared file collects the
+    fingerprints (and nothing secret); each host runs its endpoint from its own copy of that
+    file and its own key folder; the endpoints connect, exchange and agree on pair keys.
+    A host holding another endpoint's key only (no key of its own) cannot start."""
+    n = 3
+    listeners, addresses = loopback_listeners(n)
+    made = {i: make_identity(tmp_path / f"host-{i}" / "keys", i, ["127.0.0.1"])
+            for i in range(n)}
+    shared = cluster.write_cluster(tmp_path / "shared" / "cluster.toml", n,
+                                   fingerprints=[made[i].fingerprint for i in range(n)],
+                                   ports=[addresses[i][1] for i in range(n)], timeout=10,
+                                   connect_timeout=10)
+    text = shared.read_text()
+    assert "PRIVATE" not in text and "cert" not in text and "key =" not in text
+    assert all(made[i].fingerprint in text for i in range(n))
+    specs = {}
+    for i in range(n):
+        copy = tmp_path / f"host-{i}" / "cluster.toml"
+        copy.write_text(text)
+        specs[i] = cluster.load_cluster(copy)
+        assert specs[i].tls(i).key == made[i].key and specs[i].tls(i).pins == specs[0].pins()
+
+    def party(pid: int):
+        rt = cluster.start_party(specs[pid], pid, listener=listeners[pid])
+        try:
+            got = rt.channel.exchange({p: np.full(2, 10 * pid + p, dtype=np.uint64)
+                                       for p in rt.channel.peers})
+            draws = {p: rt.pair_prg(p, "t").ring_elements(2) for p in rt.channel.peers}
+            return {p: a.tolist() for p, a in got.items()}, draws
+        finally:
+            rt.channel.close()
+
+    results, errors = in_threads({p: functools.partial(party, p) for p in range(n)})
+    assert not errors, errors
+    for pid in range(n):
+        got, draws = results[pid]
+        assert got == {p: [10 * p + pid] * 2 for p in range(n) if p != pid}
+        for p in draws:
+            assert np.array_equal(draws[p], results[p][1][pid])
+    # host 0 has no key of endpoint 1: running endpoint 1 there is refused before any
+    # connection, naming the files it looked for and how to make them
+    with pytest.raises(ConfigError, match=r"no key of endpoint 1 on this host: .*host-0/keys/"
+                       r"party-1\.key .*sottovoce keys"):
+        cluster.start_party(specs[0], 1)
+
+
+def test_a_shared_cluster_file_names_its_key_folder_and_pins_are_checked(tmp_path):
+    """[cluster] keys names where each host keeps its keys; a malformed or duplicated
+    fingerprint, a cert without its key, or a CA from an old file are ConfigErrors."""
+    made = [make_identity(tmp_path / "elsewhere", i) for i in range(2)]
+    path = cluster.write_cluster(tmp_path / "c.toml", 2, fingerprints=[m.fingerprint
+                                                                      for m in made],
+                                 base_port=9200, keys=str(tmp_path / "elsewhere"))
+    loaded = cluster.load_cluster(path)
+    assert loaded.tls(1).cert == made[1].cert and loaded.tls(1).pins == {
+        0: made[0].fingerprint, 1: made[1].fingerprint}
+    text = path.read_text()
+    for bad, message in [
+        (text.replace(made[1].fingerprint, made[0].fingerprint), "same fingerprint"),
+        (text.replace(made[1].fingerprint, made[1].fingerprint[:-1]), "64 hex digits"),
+        (text.replace(f'"{made[1].fingerprint}"', "7"), "64 hex digits"),
+        (text.replace("port = 9201", f'port = 9201\ncert = "{made[1].cert}"'), "lacks key"),
+        ("[cluster]\nca = \"ca.pem\"\n" + text.split("[cluster]", 1)[1], "no CA is trusted"),
+    ]:
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match=message):
+            cluster.load_cluster(path)
+    # fingerprints may be written upper case or with colons, as other tools print them
+    colons = ":".join(made[1].fingerprint[i:i + 2].upper() for i in range(0, 64, 2))
+    path.write_text(text.replace(made[1].fingerprint, colons))
+    assert cluster.load_cluster(path).parties[1].fingerprint == made[1].fingerprint

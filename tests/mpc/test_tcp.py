@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import struct
 import time
 
@@ -182,7 +183,8 @@ def test_a_peer_busy_for_twice_the_timeout_is_waited_for(certs3):
 @pytest.mark.timeout(30)
 def test_endpoints_waiting_for_each_other_still_time_out(certs3):
     """Keep-alives do not hide a deadlock: no endpoint sends them to the peer it is itself
-    waiting for, so two endpoints waiting for each other both time out."""
+    waiting for, so of two endpoints waiting for each other one times out within about the
+    timeout, and closes its links as a party does; the other then times out or loses it."""
     timeout = 1.0
     with connected({p: certs3[p] for p in (0, 1)}, timeout=timeout) as channels:
         for channel in channels.values():
@@ -192,16 +194,22 @@ def test_endpoints_waiting_for_each_other_still_time_out(certs3):
             start = time.monotonic()
             try:
                 channels[p].recv(1 - p)
-            except PeerTimeout as exc:
-                return time.monotonic() - start, str(exc)
+            except (PeerTimeout, PeerLost) as exc:
+                channels[p].close()
+                return time.monotonic() - start, exc
             return None
 
         results, errors = in_threads({p: functools.partial(waiting, p) for p in (0, 1)})
         assert not errors, errors
-        for p in (0, 1):
-            elapsed, message = results[p]
-            assert f"party {1 - p} sent nothing for 1 s" in message
-            assert timeout * 0.9 <= elapsed < timeout + 1.0
+        timed_out = [p for p in (0, 1) if isinstance(results[p][1], PeerTimeout)]
+        assert timed_out, results
+        first = timed_out[0]
+        elapsed, error = results[first]
+        assert f"party {1 - first} sent nothing for 1 s" in str(error)
+        assert timeout * 0.9 <= elapsed < timeout + 1.0
+        elapsed, error = results[1 - first]
+        assert isinstance(error, PeerTimeout | PeerLost) and f"party {first}" in str(error)
+        assert elapsed < timeout + 1.5
 
 
 def _busy_then_stopped(rt, victim: int, busy: float) -> None:
@@ -233,3 +241,35 @@ def test_a_stopped_peer_process_is_reported_within_the_timeout():
     # keep-alives go every timeout / 4: the last one left at most that (and a tick) before
     # the stop, so the stop is reported between 0.6 and 1 timeout (plus scheduling) after it
     assert busy + 0.6 * timeout <= waited <= busy + timeout + 1.0, waited
+
+
+@pytest.mark.timeout(60)
+def test_a_frame_longer_to_deliver_than_the_timeout_is_not_a_timeout_while_it_flows(certs3):
+    """TLS reports no partial writes, so a whole 128 MB frame handed to it at once would show
+    no progress until the last byte went out: a reader that takes longer than the timeout
+    to take it all (here it reads what has arrived ten times a second) made the sender time
+    out although bytes kept flowing. Writes go in chunks, each one progress."""
+    timeout = 0.5
+    big = np.arange(64 * 2**20 // 8, dtype=np.uint64)
+    with connected({p: certs3[p] for p in (0, 1)}, timeout=timeout) as channels:
+        def slow_reader():  # about 1 MB every 20 ms: some 1.5 s for the frame
+            reader, sock = channels[1]._readers[0], channels[1].incoming[0]
+            start = time.monotonic()
+            while not reader.frames and time.monotonic() - start < 30:
+                got = 0
+                while got < 1 << 20:
+                    try:
+                        n = sock.recv_into(reader.target()[:(1 << 20) - got])
+                    except (ssl.SSLWantReadError, BlockingIOError):
+                        break
+                    reader.advance(n)
+                    got += n
+                time.sleep(0.02)
+            return time.monotonic() - start, channels[1].recv(0)
+
+        results, errors = in_threads({0: functools.partial(channels[0].send, 1, big),
+                                      1: slow_reader}, join_timeout=45)
+        assert not errors, errors
+        took, got = results[1]
+        assert took > 2 * timeout  # the frame did take longer than the timeout
+        assert np.array_equal(got, big)
