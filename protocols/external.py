@@ -55,10 +55,10 @@ def split(value: np.ndarray, n: int, prg: PRG) -> list[np.ndarray]:
     return [*pieces, last]
 
 
-def digest(data: np.ndarray) -> np.ndarray:
-    """SHA-256 of an array's bytes, as 4 ring words (what parties compare)."""
-    raw = hashlib.sha256(np.ascontiguousarray(data).tobytes()).digest()
-    return np.frombuffer(raw, dtype=np.uint64).copy()
+def digest(data: np.ndarray | bytes) -> np.ndarray:
+    """SHA-256 of bytes or of an array's bytes, as 4 ring words (what parties compare)."""
+    raw = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
+    return np.frombuffer(hashlib.sha256(raw).digest(), dtype=np.uint64).copy()
 
 
 def confirm_same(channel: Channel, parties: tuple[int, ...], data: np.ndarray,

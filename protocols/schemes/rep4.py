@@ -123,11 +123,6 @@ def _complement(pair: Iterable[int]) -> tuple[int, int]:
     return c, d
 
 
-def _digest(data: np.ndarray | bytes) -> np.ndarray:
-    raw = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
-    return np.frombuffer(hashlib.sha256(raw).digest(), dtype=np.uint64).copy()
-
-
 def _add(domain: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a + b if domain == ARITH else a ^ b
 
@@ -267,7 +262,7 @@ class Rep4(Protocol):
             if item.immediate:
                 if me in item.vouchers:
                     for r in item.receivers:
-                        outgoing[r].append(_digest(item.value))
+                        outgoing[r].append(external.digest(item.value))
                 if me in item.receivers:
                     for v in item.vouchers:
                         expected[v] += DIGEST_WORDS
@@ -291,7 +286,7 @@ class Rep4(Protocol):
                         start = offsets[v]
                         digest = got[v][start:start + DIGEST_WORDS]
                         offsets[v] += DIGEST_WORDS
-                        if not np.array_equal(digest, _digest(value)):
+                        if not np.array_equal(digest, external.digest(value)):
                             raise CheatingDetected(
                                 f"party {me}: in step '{step}' the value from party "
                                 f"{item.sender} does not match the hash from party {v}")
@@ -625,7 +620,7 @@ class Rep4(Protocol):
                                     (source,), expect=Expect.uint64(shape),
                                     what=f"as the masked {what}")
         masked = got[source]
-        digest = _digest(masked)
+        digest = external.digest(masked)
         for peer in self.peers:
             self._vouch(peer, digest, what)
         self._unchecked = True

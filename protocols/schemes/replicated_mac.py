@@ -135,11 +135,6 @@ def _cubic(a: np.ndarray, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
     return r128.combination([a, a2, a3], [C1, C2, C3])
 
 
-def _digest(data: bytes | np.ndarray) -> np.ndarray:
-    raw = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
-    return np.frombuffer(hashlib.sha256(raw).digest(), dtype=np.uint64).copy()
-
-
 class ReplicatedMac(r128.Ring128Linear, Protocol):
     name = "replicated_mac"
     components = 8
@@ -334,7 +329,7 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         y = self._open_redundant(total[0:4].reshape(4, 1), fail).reshape(2)
         sigma = r128.sub(total[4:8], r128.mul(self.alpha, y))
         poison = self.binary.poison
-        digests = {p: _digest(self._vouch[p].digest() + self.binary.vouch[p].digest())
+        digests = {p: external.digest(self._vouch[p].digest() + self.binary.vouch[p].digest())
                    for p in (self.prev, self.next)}
         if poison is not None:  # make both neighbours fail the comparison too
             digests = {p: d ^ ONE for p, d in digests.items()}
@@ -549,7 +544,7 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
     def _vouch_received(self, data: np.ndarray) -> None:
         """Vouch for `data`, received from outside, to both other parties (in the digests
         the next check compares)."""
-        digest = _digest(data).tobytes()
+        digest = external.digest(data).tobytes()
         for peer in (self.prev, self.next):
             self._vouch[peer].update(digest)
 
