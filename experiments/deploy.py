@@ -118,21 +118,16 @@ def _recv_json(channel: Channel, peer: int, keys: tuple[str, ...] = ()) -> dict:
 
 
 # -- the compute parties' program --------------------------------------------------------
-def _param_shapes(model: SecureModel) -> list[tuple[int, ...]]:
-    shapes = []
-    for layer in model.layers:
-        for shape in (getattr(layer, "weight_shape", None), getattr(layer, "bias_shape", None)):
-            if shape:
-                shapes.append(tuple(shape))
-    return shapes
+def _param_slots(model: SecureModel) -> list[tuple[int, str, tuple[int, ...]]]:
+    """(layer index, "weight" or "bias", shape) of every private parameter, in the order
+    the model owner enters them: layer by layer, weight before bias."""
+    return [(k, key, tuple(shape)) for k, layer in enumerate(model.layers)
+            for key in ("weight", "bias") if (shape := getattr(layer, f"{key}_shape", None))]
 
 
 def flat_weights(model: SecureModel) -> np.ndarray:
-    """Every weight and bias of the model owner's model, encoded, in the order
-    `ExternalInference` takes them apart (layer by layer, weight before bias)."""
-    values = [value.reshape(-1) for layer in model.layers
-              for value in (getattr(layer, "weight", None), getattr(layer, "bias", None))
-              if value is not None]
+    """Every weight and bias of the model owner's model, encoded, in `_param_slots` order."""
+    values = [getattr(model.layers[k], key).reshape(-1) for k, key, _ in _param_slots(model)]
     return np.concatenate(values) if values else np.zeros(0, dtype=np.uint64)
 
 
@@ -150,23 +145,14 @@ class ExternalInference:
     _params: list = field(default_factory=list, repr=False)
 
     def setup(self, protocol: Protocol) -> None:
-        shapes = _param_shapes(self.model)
-        total = sum(int(np.prod(s, dtype=np.int64)) for s in shapes)
-        flat = SecretTensor.input_external(protocol, self.roles.model_owner, (total,))
-        pieces, offset = [], 0
-        for shape in shapes:
-            size = int(np.prod(shape, dtype=np.int64))
-            pieces.append(flat[offset:offset + size].reshape(*shape))
+        slots = _param_slots(self.model)
+        sizes = [int(np.prod(shape, dtype=np.int64)) for _, _, shape in slots]
+        flat = SecretTensor.input_external(protocol, self.roles.model_owner, (sum(sizes),))
+        self._params = [{} for _ in self.model.layers]
+        offset = 0
+        for (k, key, shape), size in zip(slots, sizes, strict=True):
+            self._params[k][key] = flat[offset:offset + size].reshape(*shape)
             offset += size
-        parts = iter(pieces)
-        self._params = []
-        for layer in self.model.layers:
-            params = {}
-            for key, shape in (("weight", getattr(layer, "weight_shape", None)),
-                               ("bias", getattr(layer, "bias_shape", None))):
-                if shape:
-                    params[key] = next(parts)
-            self._params.append(params)
 
     def __call__(self, protocol: Protocol) -> None:
         f = self.model.fixed.frac_bits
