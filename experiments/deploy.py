@@ -28,7 +28,13 @@ import numpy as np
 from mpc.cluster import Cluster, load_cluster, start_party
 from mpc.errors import ConfigError, ProtocolError
 from mpc.launch import run_threads
-from mpc.limits import checked_batch
+from mpc.limits import (
+    MAX_ACTIVATION,
+    MAX_BATCH,
+    MAX_PARAMETERS,
+    checked_batch,
+    external_value_bytes,
+)
 from mpc.net.channel import Channel
 from mpc.runtime import RunConfig, Runtime
 from nn.describe import describe, from_description
@@ -117,12 +123,30 @@ def _recv_json(channel: Channel, peer: int, keys: tuple[str, ...] = ()) -> dict:
     return document
 
 
+# -- what each peer may send (Channel.limit): the most the next steps let it ---------------
+_ANY_MODEL_WEIGHTS = external_value_bytes(MAX_PARAMETERS)
+_ANY_BATCH_FEATURES = external_value_bytes(MAX_BATCH * MAX_ACTIVATION)
+
+
+def _input_elements(model: SecureModel, batch: int) -> int:
+    return batch * int(np.prod(model.input_shape, dtype=np.int64))
+
+
+def _limit(channel: Channel, peers: list[int] | tuple[int, ...], max_bytes: int) -> None:
+    for peer in peers:
+        channel.limit(peer, max_bytes)
+
+
 # -- the compute parties' program --------------------------------------------------------
 def _param_slots(model: SecureModel) -> list[tuple[int, str, tuple[int, ...]]]:
     """(layer index, "weight" or "bias", shape) of every private parameter, in the order
     the model owner enters them: layer by layer, weight before bias."""
     return [(k, key, tuple(shape)) for k, layer in enumerate(model.layers)
             for key in ("weight", "bias") if (shape := getattr(layer, f"{key}_shape", None))]
+
+
+def _parameter_count(model: SecureModel) -> int:
+    return sum(int(np.prod(shape, dtype=np.int64)) for _, _, shape in _param_slots(model))
 
 
 def flat_weights(model: SecureModel) -> np.ndarray:
@@ -167,11 +191,16 @@ class ExternalInference:
 def compute_party_role(runtime: Runtime, roles: Roles) -> None:
     """Learn the model and the batch, plan, preprocess, compute, send the labels out."""
     channel = runtime.channel
+    # until the description and the request are read, the most any model or batch allows
+    channel.limit(roles.model_owner, MAX_DOCUMENT_BYTES + _ANY_MODEL_WEIGHTS)
+    channel.limit(roles.client, MAX_DOCUMENT_BYTES + _ANY_BATCH_FEATURES)
     with channel.stage("model description"):
         document = _recv_json(channel, roles.model_owner, ("model",))
     model = from_description(document["model"])
+    channel.limit(roles.model_owner, external_value_bytes(_parameter_count(model)))
     with channel.stage("client request"):
         batch = checked_batch(_recv_json(channel, roles.client), channel.who(roles.client))
+    channel.limit(roles.client, external_value_bytes(_input_elements(model, batch)))
     program = ExternalInference(model, batch, roles)
     plan = plan_of(ExternalInference(model, batch, roles), roles.compute, roles.scheme)
     party_role(runtime, roles.scheme, program, plan)
@@ -179,9 +208,10 @@ def compute_party_role(runtime: Runtime, roles: Roles) -> None:
 
 def dealer_role_of(runtime: Runtime, roles: Roles) -> None:
     """Learn the shapes, plan, and serve the preprocessing."""
-    model = from_description(_recv_json(runtime.channel, roles.model_owner, ("model",))["model"])
-    batch = checked_batch(_recv_json(runtime.channel, roles.client),
-                          runtime.channel.who(roles.client))
+    channel = runtime.channel
+    _limit(channel, (roles.model_owner, roles.client), MAX_DOCUMENT_BYTES)
+    model = from_description(_recv_json(channel, roles.model_owner, ("model",))["model"])
+    batch = checked_batch(_recv_json(channel, roles.client), channel.who(roles.client))
     plan = plan_of(ExternalInference(model, batch, roles), roles.compute, roles.scheme)
     dealer_role(runtime, roles.scheme, plan)
 
@@ -190,6 +220,9 @@ def model_owner_role(runtime: Runtime, roles: Roles, model: SecureModel,
                      feature_config: dict) -> None:
     """Bob: publish the architecture and feature settings, then enter the weights."""
     channel = runtime.channel
+    servers = [p for p in channel.peers if p != roles.client]
+    _limit(channel, servers, external_value_bytes(_parameter_count(model)))
+    channel.limit(roles.client, 0)
     _send_json(channel, list(channel.peers), {"model": describe(model),
                                               "features": feature_config})
     with channel.stage("weights"):
@@ -201,6 +234,10 @@ def client_role(runtime: Runtime, roles: Roles, clips: list[str | os.PathLike]) 
     import audio
 
     channel = runtime.channel
+    servers = list(roles.endpoints.parties) + ([roles.dealer] if roles.dealer is not None
+                                               else [])
+    _limit(channel, servers, _ANY_BATCH_FEATURES)
+    channel.limit(roles.model_owner, MAX_DOCUMENT_BYTES)
     with channel.stage("model description"):
         document = _recv_json(channel, roles.model_owner, ("model", "features"))
     model = from_description(document["model"])
@@ -211,8 +248,7 @@ def client_role(runtime: Runtime, roles: Roles, clips: list[str | os.PathLike]) 
         raise ConfigError(f"features of shape {features.shape[1:]}, the model takes "
                           f"{model.input_shape}")
     batch = len(clips)
-    servers = list(roles.endpoints.parties) + ([roles.dealer] if roles.dealer is not None
-                                               else [])
+    _limit(channel, servers, external_value_bytes(_input_elements(model, batch)))
     _send_json(channel, servers, {"batch": batch})
     scheme = roles.scheme.protocol
     with channel.stage("features"):

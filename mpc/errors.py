@@ -19,12 +19,29 @@ class ProtocolError(SottovoceError):
     """A peer sent something the protocol does not allow (bad frame, wrong shape or dtype)."""
 
 
+class LimitExceeded(ProtocolError):
+    """A peer sent more than the role lets it have buffered at this step (`Channel.limit`)."""
+
+
 class PeerTimeout(SottovoceError, TimeoutError):
     """A peer sent nothing within the configured timeout."""
 
 
 class PeerLost(SottovoceError, ConnectionError):
     """A peer's connection closed or broke."""
+
+
+class PeerAborted(PeerLost):
+    """A peer stopped and said why (an abort frame): the reason names the root cause, e.g.
+    the party whose link broke first, so every endpoint learns who failed, not merely who
+    closed its link last."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+    def __reduce__(self):  # pickled between processes with its reason
+        return type(self), (str(self), self.reason)
 
 
 class PreprocessingError(SottovoceError):

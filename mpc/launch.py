@@ -57,6 +57,7 @@ def run_threads(roles: Sequence[Role], config: RunConfig) -> list[Any]:
             results[party] = roles[party](make_runtime(channel, config))
         except BaseException as exc:  # reported to the caller below
             errors[party] = exc
+            channel.abort(exc)  # the peers learn why, and pass the root cause on
         finally:
             channel.close()
 
@@ -102,6 +103,8 @@ def _process_main(party: int, role_file: str, config: RunConfig, tls: TlsFiles,
         result_queue.put((party, "ok", result, channel.traffic))
     except BaseException as exc:  # sent to the launcher, which raises it
         trace = traceback.format_exc()
+        if channel is not None:
+            channel.abort(exc)
         try:
             error = pickle.loads(pickle.dumps(exc))
         except Exception:  # the exception itself does not pickle

@@ -34,6 +34,18 @@ Each limit is enforced where the input enters and checked by a test:
   does not bound memory for a larger model. Parameters are shared once per model (64 MiB per
   uint64 copy at `MAX_PARAMETERS`); multiply-adds are local work and comparisons the
   interactive work of every clip; layers bound the rounds.
+* bytes a deployment's roles let each peer have buffered (`mpc.net.channel.Channel.limit`,
+  set by `experiments.deploy` from what each step lets that peer send): a control document
+  is at most `experiments.deploy.MAX_DOCUMENT_BYTES`, a value from or to the client or the
+  model owner `external_value_bytes` of its elements once the model and the batch are known,
+  and before that the same for the largest model and batch the limits above allow. A frame
+  past it is refused from its header, before its payload is allocated
+  (tests/mpc/test_tcp.py::test_a_frame_past_the_peer_limit_is_refused_from_its_header,
+  tests/experiments/test_deploy_limits.py::test_a_client_sending_more_than_its_batch_is_
+  refused). Compute parties and the dealer exchange what their scheme's plan makes them
+  (measured on the reference CNN at batch 1: at most 25 MB in one frame between compute
+  parties, replicated_mac; 423 MB from the spdz2k dealer), so between them the bound is
+  `MAX_FRAME_PAYLOAD` buffered per peer, not per frame.
 * `MAX_FRAME_PAYLOAD` bytes in one message on the wire (`mpc.net.framing`): a header that
   declares more is refused before anything is allocated (tests/mpc/test_framing.py::
   test_declared_payload_above_limit_is_refused_before_allocation, tests/e2e/test_faults.py::
@@ -59,6 +71,16 @@ MAX_ACTIVATION = 1 << 21
 MAX_MULTIPLY_ADDS = 1 << 27
 MAX_COMPARISONS = 1 << 20
 MAX_NAME_LENGTH = 128
+#: Bytes of seeds, hashes and headroom a role allows beyond two words per element while a
+#: value crosses between the compute parties and an outside endpoint (`external_value_bytes`).
+EXTERNAL_OVERHEAD = 1 << 12
+
+
+def external_value_bytes(elements: int) -> int:
+    """The payload one peer may have buffered at a role while a value of `elements` ring
+    elements enters from or leaves to an outside endpoint: two 64-bit words an element (the
+    128-bit schemes' values and masks), plus `EXTERNAL_OVERHEAD`."""
+    return 16 * elements + EXTERNAL_OVERHEAD
 
 
 def checked_batch(request: object, who: str) -> int:

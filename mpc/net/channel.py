@@ -15,11 +15,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpc.errors import PeerLost, ProtocolError
+from mpc.errors import (
+    AuthenticationError,
+    CheatingDetected,
+    LimitExceeded,
+    PeerAborted,
+    PeerLost,
+    PeerTimeout,
+    ProtocolError,
+)
 from mpc.net import framing
 from mpc.net.expect import BYTES, Expect, describe
 
 DEFAULT_TIMEOUT = 60.0
+
+#: Errors whose text an ending endpoint passes on to its peers (`Channel.abort`): their
+#: messages name roles, steps, shapes and sizes, never a value. Any other error is passed on
+#: as its type alone, since its text could hold a secret (a feature that failed to encode).
+TOLD = (PeerLost, PeerTimeout, ProtocolError, CheatingDetected, AuthenticationError)
 
 #: What a received array must be: an `Expect`, or a template array of the same dtype and shape.
 Spec = Expect | np.ndarray
@@ -78,6 +91,7 @@ class Channel:
         self._send_seq = dict.fromkeys(self.peers, 0)
         self._recv_seq = dict.fromkeys(self.peers, 0)
         self._closed = False
+        self._limits = dict.fromkeys(self.peers, framing.DEFAULT_MAX_PAYLOAD)
 
     # -- transport hooks ---------------------------------------------------------------
     def _send_frame(self, peer: int, header: bytes, payload: np.ndarray) -> None:
@@ -89,6 +103,9 @@ class Channel:
     def _close_links(self) -> None:
         raise NotImplementedError
 
+    def _send_abort(self, peer: int, frame: bytes) -> None:
+        raise NotImplementedError
+
     # -- public interface --------------------------------------------------------------
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -98,6 +115,24 @@ class Channel:
             yield
         finally:
             self.step = previous
+
+    def limit(self, peer: int, max_bytes: int) -> None:
+        """Let at most `max_bytes` of payload from `peer` be buffered here at once (frames
+        received but not yet taken, plus the one arriving); a frame that would pass it is a
+        ProtocolError naming the peer and the step, raised over TCP from its header, before
+        anything is allocated. A role sets it from what the plan lets that peer send next
+        (e.g. a request document, then the features of the batch it declared)."""
+        self._check_peer(peer)
+        self._limits[peer] = int(max_bytes)
+
+    def limit_of(self, peer: int) -> int:
+        """The payload bytes `peer` may have buffered here at once (see `limit`)."""
+        return self._limits[peer]
+
+    def _over_limit(self, peer: int, length: int, buffered: int) -> LimitExceeded:
+        return LimitExceeded(f"{self.who(peer)} sent a frame of {length} bytes with "
+                             f"{buffered} more buffered; at most {self._limits[peer]} bytes "
+                             f"may be buffered from {self.who(peer)} at this step")
 
     def role(self, endpoint: int) -> str:
         """`endpoint`'s role name, for messages: "party 0", "dealer", "client", ..."""
@@ -196,6 +231,41 @@ class Channel:
         """Receive raw bytes: a flat uint8 array of any length."""
         return self.recv(peer, expect=BYTES, what=what).tobytes()
 
+    def abort(self, error: BaseException) -> None:
+        """Tell every peer why this endpoint stops (an abort frame), then close. A peer that
+        waits on this endpoint gets `PeerAborted` naming the root cause: `error`'s text, or
+        if `error` is itself a peer's abort, that abort's reason, passed on unchanged."""
+        if self._closed:
+            return
+        frame = framing.abort(self.abort_reason(error))
+        for peer in self.peers:
+            with contextlib.suppress(Exception):  # best effort: the link may be gone
+                self._send_abort(peer, frame)
+        self.close()
+
+    def abort_reason(self, error: BaseException) -> str:
+        """What this endpoint tells its peers when `error` stops it (see `TOLD`)."""
+        me = self.role(self.party_id)
+        if isinstance(error, PeerAborted):
+            return error.reason
+        if not isinstance(error, TOLD):
+            return f"{me}: failed ({type(error).__name__}) at step '{self.step}'"
+        text = str(error)
+        return text if text.startswith(f"{me}: ") else f"{me}: {text}"
+
+    def _aborted(self, peer: int, reason: str) -> PeerAborted:
+        """The error a peer's abort frame stands for (before the step is added)."""
+        own = f"{self.role(peer)}: "
+        told = reason[len(own):] if reason.startswith(own) else reason
+        return PeerAborted(f"{self.who(peer)} stopped: {told}", reason)
+
+    def _in_context(self, failure: Exception) -> Exception:
+        """A recorded link failure as this endpoint's error at the current step."""
+        text = f"{self.role(self.party_id)}: {failure} (step {self.step})"
+        if isinstance(failure, PeerAborted):
+            return PeerAborted(text, failure.reason)
+        return type(failure)(text)
+
     def close(self) -> None:
         """Close every link; peers waiting on this party get `PeerLost`."""
         if not self._closed:
@@ -205,5 +275,7 @@ class Channel:
     def __enter__(self) -> Channel:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
+        if error is not None:
+            self.abort(error)
         self.close()

@@ -8,6 +8,10 @@ never an unrelated crash or a huge allocation.
 A keep-alive is a bare header with dtype code 0 and every other field zero: it says "this
 endpoint is alive" and nothing else. The TCP transport consumes it (it never reaches protocol
 code, takes no sequence number and is not counted as a message or round).
+
+An abort is a header with dtype code 255, ndim and sequence zero, and at most
+`MAX_ABORT_BYTES` of UTF-8 text: the last frame an endpoint sends on a link when it stops
+with an error, saying why (`mpc.net.channel.Channel.abort`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ DTYPES: dict[int, np.dtype] = {
 }
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
 KEEPALIVE_CODE = 0
+ABORT_CODE = 255
+MAX_ABORT_BYTES = 2048
 
 
 def encode_header(array: np.ndarray, sequence: int) -> bytes:
@@ -70,6 +76,32 @@ def is_keepalive(head: bytes) -> bool:
         raise ProtocolError(f"malformed keep-alive frame (ndim {ndim}, sequence {sequence}, "
                             f"length {length}; all must be 0)")
     return True
+
+
+def abort(reason: str) -> bytes:
+    """The abort frame carrying `reason` (cut to `MAX_ABORT_BYTES` of UTF-8)."""
+    text = reason.encode("utf-8")[:MAX_ABORT_BYTES].decode("utf-8", "ignore").encode()
+    return _HEADER.pack(MAGIC, VERSION, ABORT_CODE, 0, 0, len(text)) + text
+
+
+def abort_length(head: bytes) -> int | None:
+    """The text length if `head` is an abort header, else None; a ProtocolError if it has
+    the abort code but breaks its rules."""
+    if len(head) != HEADER_SIZE:
+        return None
+    magic, version, code, ndim, sequence, length = _HEADER.unpack(head)
+    if code != ABORT_CODE or magic != MAGIC or version != VERSION:
+        return None
+    if ndim or sequence or length > MAX_ABORT_BYTES:
+        raise ProtocolError(f"malformed abort frame (ndim {ndim}, sequence {sequence}, "
+                            f"length {length}; at most {MAX_ABORT_BYTES} bytes of text)")
+    return length
+
+
+def abort_reason(raw: bytes) -> str:
+    """The text of an abort frame, made printable (a peer's bytes)."""
+    text = raw.decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def encode(array: np.ndarray, sequence: int) -> bytes:

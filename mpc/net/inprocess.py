@@ -61,7 +61,17 @@ class InProcessChannel(Channel):
         if frame is _CLOSED:
             raise PeerLost(f"{self.role(self.party_id)}: {self.who(peer)} closed its link "
                            f"(step {self.step})")
-        return framing.decode(frame, expected_sequence)
+        text_length = framing.abort_length(frame[:framing.HEADER_SIZE])
+        if text_length is not None:
+            raise self._in_context(self._aborted(peer, framing.abort_reason(
+                frame[framing.HEADER_SIZE:framing.HEADER_SIZE + text_length])))
+        array = framing.decode(frame, expected_sequence)
+        if array.nbytes > self.limit_of(peer):  # a queue holds one frame at a time here
+            raise self._in_context(self._over_limit(peer, array.nbytes, 0))
+        return array
+
+    def _send_abort(self, peer: int, frame: bytes) -> None:
+        self.network.queues[(self.party_id, peer)].put(frame)
 
     def _close_links(self) -> None:
         for peer in self.peers:

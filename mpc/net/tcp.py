@@ -14,12 +14,13 @@ how long a peer has shown no sign of life, not how long it has been computing.
 from __future__ import annotations
 
 import collections
+import functools
 import select
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,8 @@ import numpy as np
 from mpc.errors import (
     AuthenticationError,
     ConfigError,
+    LimitExceeded,
+    PeerAborted,
     PeerLost,
     PeerTimeout,
     ProtocolError,
@@ -46,17 +49,33 @@ _DIAL_GRACE = 1.0  # seconds past the connect deadline a dial may take to report
 # chunk by chunk. A retried chunk is the same bytes, as TLS requires.
 _SEND_CHUNK = 1 << 18
 _KEEPALIVE = framing.keepalive()
+_ABORT_SECONDS = 1.0  # the most an ending party spends telling one peer why
 
 
 class _FrameReader:
     """Incremental parser of one incoming link: header, shape, then the payload read straight
-    into the array that will be handed to the protocol (no intermediate copy)."""
+    into the array that will be handed to the protocol (no intermediate copy).
 
-    def __init__(self, max_payload: int) -> None:
+    `limit()` is how many payload bytes the link may have buffered at once (parsed frames
+    not yet taken plus the one arriving): a header that would pass it raises `over(length,
+    buffered)` before its payload is allocated."""
+
+    def __init__(self, max_payload: int, limit: Callable[[], int] | None = None,
+                 over: Callable[[int, int], ProtocolError] | None = None) -> None:
         self.max_payload = max_payload
+        self.limit = limit or (lambda: max_payload)
+        self.over = over or (lambda length, buffered: ProtocolError(
+            f"a frame of {length} bytes with {buffered} more buffered passes the limit"))
         self.sequence = 0
         self.frames: collections.deque[np.ndarray] = collections.deque()
+        self.buffered = 0  # payload bytes of `frames`
         self._start(bytearray(framing.HEADER_SIZE), "header")
+
+    def take(self) -> np.ndarray:
+        """The oldest parsed frame."""
+        frame = self.frames.popleft()
+        self.buffered -= frame.nbytes
+        return frame
 
     def _start(self, buffer, part: str) -> None:
         self.buffer, self.view, self.got, self.part = buffer, memoryview(buffer), 0, part
@@ -77,17 +96,26 @@ class _FrameReader:
                 if framing.is_keepalive(bytes(self.buffer)):  # a sign of life, nothing more
                     self._start(bytearray(framing.HEADER_SIZE), "header")
                     return
+                text_length = framing.abort_length(bytes(self.buffer))
+                if text_length is not None:  # the peer stops, and says why
+                    self._start(bytearray(text_length), "abort")
+                    continue
                 self.dtype, self.ndim, self.length = framing.decode_header(
                     bytes(self.buffer), self.sequence, self.max_payload)
+                if self.buffered + self.length > self.limit():
+                    raise self.over(self.length, self.buffered)
                 if self.ndim:
                     self._start(bytearray(8 * self.ndim), "shape")
                     continue
                 self.shape = framing.decode_shape(b"", 0, self.dtype, self.length)
+            elif self.part == "abort":
+                raise PeerAborted("", framing.abort_reason(bytes(self.buffer)))
             elif self.part == "shape":
                 self.shape = framing.decode_shape(bytes(self.buffer), self.ndim, self.dtype,
                                                   self.length)
             else:
                 self.frames.append(self.buffer.view(self.dtype).reshape(self.shape))
+                self.buffered += self.length
                 self.sequence += 1
                 self._start(bytearray(framing.HEADER_SIZE), "header")
                 return
@@ -109,7 +137,7 @@ def _read_frame(sock: socket.socket, sequence: int, max_payload: int) -> np.ndar
                 return None
             raise PeerLost(f"connection closed mid-message ({reader.part})")
         reader.advance(n)
-    return reader.frames.popleft()
+    return reader.take()
 
 
 _WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError)
@@ -134,13 +162,16 @@ class TcpChannel(Channel):
 
     def start(self) -> None:
         """Switch the authenticated links to non-blocking mode and start parsing frames."""
-        self._readers = {p: _FrameReader(self.max_payload) for p in self.incoming}
+        self._readers = {p: _FrameReader(self.max_payload, functools.partial(self.limit_of, p),
+                                         functools.partial(self._over_limit, p))
+                         for p in self.incoming}
         self._failure: dict[int, Exception] = {}
         self._by_socket = {sock: p for p, sock in self.incoming.items()}
         now = time.monotonic()
         self._locks = {p: threading.Lock() for p in self.outgoing}
         self._last_sent = dict.fromkeys(self.outgoing, now)
         self._pending: dict[int, bytes] = {}  # a keep-alive the socket took only in part
+        self._torn: set[int] = set()  # outgoing links a frame was cut short on
         self._waiting_for: int | None = None
         self._keepalive: KeepAlive | None = None
         for sock in [*self.outgoing.values(), *self.incoming.values()]:
@@ -201,6 +232,10 @@ class TcpChannel(Channel):
                 progressed = True
         except _WOULD_BLOCK:
             return progressed
+        except PeerAborted as exc:
+            self._failure[peer] = self._aborted(peer, exc.reason)
+        except LimitExceeded as exc:  # names the peer and the step already
+            self._failure[peer] = exc
         except ProtocolError as exc:
             self._failure[peer] = ProtocolError(f"{self.who(peer)} sent a bad frame: {exc}")
         except (OSError, ssl.SSLError) as exc:
@@ -217,7 +252,8 @@ class TcpChannel(Channel):
         return bool(ready[0] or ready[1])
 
     def _recv_array(self, peer: int, expected_sequence: int) -> np.ndarray:
-        frames = self._readers[peer].frames
+        reader = self._readers[peer]
+        frames = reader.frames
         deadline = time.monotonic() + self.timeout
         # Only this peer's link wakes us (a wake-up per TLS record of every link would cost
         # more than the reads). Every party drains its incoming links while it waits to send,
@@ -230,9 +266,7 @@ class TcpChannel(Channel):
                     deadline = time.monotonic() + self.timeout
                     continue
                 if peer in self._failure:
-                    failure = self._failure[peer]
-                    raise type(failure)(f"{self.role(self.party_id)}: {failure} "
-                                        f"(step {self.step})")
+                    raise self._in_context(self._failure[peer])
                 if time.monotonic() >= deadline:
                     raise PeerTimeout(f"{self.role(self.party_id)}: {self.who(peer)} sent "
                                       f"nothing for {self.timeout:g} s (step {self.step})")
@@ -243,15 +277,37 @@ class TcpChannel(Channel):
                             self._read_available(other)
         finally:
             self._waiting_for = None
-        return frames.popleft()
+        return reader.take()
 
     # -- writing ---------------------------------------------------------------------------
     def _send_frame(self, peer: int, header: bytes, payload: np.ndarray) -> None:
         with self._locks[peer]:  # no keep-alive in the middle of this frame
             pending = self._pending.pop(peer, b"")
-            self._write(peer, [memoryview(b) for b in (pending, header) if b]
-                        + ([memoryview(payload.reshape(-1)).cast("B")] if payload.nbytes else []))
+            try:
+                self._write(peer, [memoryview(b) for b in (pending, header) if b]
+                            + ([memoryview(payload.reshape(-1)).cast("B")]
+                               if payload.nbytes else []))
+            except BaseException:
+                self._torn.add(peer)  # stopped mid-frame: nothing more may follow on it
+                raise
             self._last_sent[peer] = time.monotonic()
+
+    def _send_abort(self, peer: int, frame: bytes) -> None:
+        """Write the abort frame if the link is whole, within `_ABORT_SECONDS`; a peer that
+        takes nothing meanwhile learns of this party's end from the closed link instead."""
+        lock = self._locks[peer]
+        if peer in self._torn or not lock.acquire(timeout=_ABORT_SECONDS):
+            return
+        try:
+            data = memoryview(self._pending.pop(peer, b"") + frame)
+            sock, deadline = self.outgoing[peer], time.monotonic() + _ABORT_SECONDS
+            while data and time.monotonic() < deadline:
+                try:
+                    data = data[sock.send(data):]
+                except _WOULD_BLOCK:
+                    select.select([], [sock], [], max(0.0, deadline - time.monotonic()))
+        finally:
+            lock.release()
 
     def _write(self, peer: int, parts: list[memoryview]) -> None:
         sock = self.outgoing[peer]

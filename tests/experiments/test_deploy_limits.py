@@ -1,21 +1,25 @@
 """A deployment's compute parties and dealer refuse a client's batch outside the limit, before
-planning anything from it."""
+planning anything from it, and no outside endpoint may send more than its step allows."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import json
+import re
 from collections.abc import Iterator
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from conftest import bundled_clips
+from conftest import deploy as deploy_all
 
 from experiments import deploy
 from experiments.deploy import Roles
 from experiments.modelfile import BUNDLED_MODEL, load_model
-from mpc.errors import ProtocolError
-from mpc.limits import MAX_BATCH
+from mpc.errors import LimitExceeded, ProtocolError
+from mpc.limits import MAX_ACTIVATION, MAX_BATCH, MAX_PARAMETERS, external_value_bytes
 from mpc.net.channel import subject
 from nn.describe import describe
 from protocols import registry
@@ -32,6 +36,10 @@ class _Inbox:
                           roles.client: request}
         self.names = roles.run_config(1.0).endpoint_names()
         self.step = "start-up"
+        self.limits: dict[int, list[int]] = {}
+
+    def limit(self, peer: int, max_bytes: int) -> None:
+        self.limits.setdefault(peer, []).append(max_bytes)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -47,7 +55,7 @@ class _Inbox:
 
 @functools.cache
 def _description() -> dict:
-    return describe(load_model(BUNDLED_MODEL, check=False).secure)
+    return describe(load_model(BUNDLED_MODEL).secure)
 
 
 class _Planned(Exception):
@@ -129,3 +137,46 @@ def test_a_document_without_the_expected_fields_is_refused():
     roles = Roles.for_scheme(registry.get("replicated"))
     with pytest.raises(ProtocolError, match="expected an object with model"):
         deploy._recv_json(_Raw(roles, b'{"features": {}}'), roles.model_owner, ("model",))
+
+
+def test_each_step_narrows_what_the_client_and_owner_may_send(no_planning) -> None:
+    """Before the description and the request, the most any model and batch allow; then the
+    weights of this model and the features of the declared batch."""
+    roles = Roles.for_scheme(registry.get("replicated"))
+    inbox = _Inbox(roles, {"batch": 2})
+    with pytest.raises(_Planned):
+        deploy.compute_party_role(SimpleNamespace(channel=inbox), roles)
+    model = load_model(BUNDLED_MODEL).secure
+    weights, features = len(deploy.flat_weights(model)), 2 * int(np.prod(model.input_shape))
+    assert inbox.limits[roles.model_owner] == [
+        deploy.MAX_DOCUMENT_BYTES + external_value_bytes(MAX_PARAMETERS),
+        external_value_bytes(weights)]
+    assert inbox.limits[roles.client] == [
+        deploy.MAX_DOCUMENT_BYTES + external_value_bytes(MAX_BATCH * MAX_ACTIVATION),
+        external_value_bytes(features)]
+
+
+def _sends_extra_features(times: int):
+    """A client hook: at the features step, every array it sends is `times` as long."""
+    def hook(runtime) -> None:
+        channel = runtime.channel
+        send = channel._send
+
+        def padded(peer: int, array: np.ndarray) -> None:
+            if channel.step == "features" and array.size:
+                array = np.concatenate([array.reshape(-1)] * times)
+            send(peer, array)
+
+        channel._send = padded
+    return hook
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scheme", ["replicated", "rep4"])
+def test_a_client_sending_more_than_its_batch_is_refused(scheme: str) -> None:
+    roles = Roles.for_scheme(registry.get(scheme))
+    with pytest.raises(LimitExceeded) as caught:
+        deploy_all(scheme, bundled_clips(None)[:1], hooks={roles.client: _sends_extra_features(3)})
+    assert re.fullmatch(r"party \d: the client sent a frame of \d+ bytes with \d+ more "
+                        r"buffered; at most \d+ bytes may be buffered from the client at "
+                        r"this step \(step [^)]+\)", str(caught.value)), caught.value

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import close_all, connected, deliver
 
-from mpc.errors import PeerLost, PeerTimeout, ProtocolError
+from mpc.errors import LimitExceeded, PeerAborted, PeerLost, PeerTimeout, ProtocolError
 from mpc.launch import run_processes, run_threads
 from mpc.net.certs import TlsFiles
 from mpc.net.channel import Channel
@@ -268,3 +268,57 @@ def test_expectations_describe_and_match_dtype_and_shape():
         assert not EXPECTED.matches(array)
     assert not BYTES.matches(np.zeros((1, 1), np.uint8))
     assert not BYTES.matches(np.zeros(3, np.int8))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_frame_past_the_peer_limit_is_refused_naming_the_peer_and_step(certs3, transport):
+    """`Channel.limit` caps what one peer may have buffered; the other peers are unaffected
+    and a frame within the limit passes."""
+    with endpoints(transport, RunConfig(n_parties=1, external=2), certs3) as channels:
+        channels[0].limit(1, 64)
+        assert channels[0].limit_of(1) == 64 and channels[0].limit_of(2) > 64
+        channels[1].send(0, np.zeros(8, dtype=np.uint64))  # 64 bytes: at the limit
+        assert channels[0].recv(1).tolist() == [0] * 8
+        channels[2].send(0, np.zeros(100, dtype=np.uint64))  # the model owner: no limit set
+        assert channels[0].recv(2).shape == (100,)
+        channels[1].send(0, np.zeros(9, dtype=np.uint64))
+        with channels[0].stage("features"), pytest.raises(LimitExceeded) as info:
+            channels[0].recv(1)
+        assert str(info.value) == ("party 0: the client sent a frame of 72 bytes with 0 more "
+                                   "buffered; at most 64 bytes may be buffered from the client "
+                                   "at this step (step features)")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_abort_names_the_root_cause_and_is_passed_on_unchanged(certs3, transport):
+    """Party 1 stops because the dealer's link broke: party 0 hears that from party 1, and
+    when party 0 stops in turn it tells the dealer the same root cause, not "party 1"."""
+    with endpoints(transport, RunConfig(n_parties=2, dealer=True), certs3) as channels:
+        channels[1].send(0, np.arange(3, dtype=np.uint64))
+        with channels[1].stage("preprocessing"):
+            channels[1].abort(PeerLost("party 1: the dealer closed its link (step dealing)"))
+        assert channels[0].recv(1).tolist() == [0, 1, 2]  # what came before still arrives
+        with channels[0].stage("online"), pytest.raises(PeerAborted) as info:
+            channels[0].recv(1)
+        assert str(info.value) == ("party 0: party 1 stopped: the dealer closed its link "
+                                   "(step dealing) (step online)")
+        channels[0].abort(info.value)
+        with pytest.raises(PeerAborted) as info:
+            channels[2].recv(0)
+        assert str(info.value).startswith("dealer: party 0 stopped: party 1: the dealer "
+                                          "closed its link (step dealing)")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_abort_tells_only_the_kind_of_an_error_that_may_hold_a_secret(certs3, transport):
+    with endpoints(transport, RunConfig(n_parties=1, external=2), certs3) as channels:
+        with channels[1].stage("features"):
+            channels[1].abort(ValueError("feature 3 is 1.5e300, outside the range"))
+        with pytest.raises(PeerAborted) as info:
+            channels[0].recv(1)
+        assert "1.5e300" not in str(info.value)
+        assert str(info.value).startswith("party 0: the client stopped: failed (ValueError) "
+                                          "at step 'features'")

@@ -273,3 +273,33 @@ def test_a_frame_longer_to_deliver_than_the_timeout_is_not_a_timeout_while_it_fl
         took, got = results[1]
         assert took > 2 * timeout  # the frame did take longer than the timeout
         assert np.array_equal(got, big)
+
+
+def test_a_frame_past_the_peer_limit_is_refused_from_its_header():
+    """The reader refuses a header whose payload would pass the link's limit, counting the
+    frames parsed and not yet taken, before allocating the payload: a peer that declares
+    4 GiB costs this party a header's worth of memory."""
+    limit = [1024]
+    reader = tcp._FrameReader(framing.DEFAULT_MAX_PAYLOAD, lambda: limit[0])
+
+    def feed(data: bytes) -> None:
+        while data:
+            target = reader.target()
+            n = min(len(target), len(data))
+            target[:n] = data[:n]
+            reader.advance(n)
+            data = data[n:]
+
+    small = np.zeros(64, dtype=np.uint64)  # 512 bytes
+    feed(framing.encode(small, 0) + framing.encode(small, 1))
+    assert reader.buffered == 1024 and len(reader.frames) == 2
+    with pytest.raises(ProtocolError, match="a frame of 512 bytes with 1024 more buffered"):
+        feed(framing.encode(small, 2))
+    assert reader.part == "header"  # no payload buffer was made for it
+    reader.take()
+    assert reader.buffered == 512
+    huge = struct.pack("<2sBBB3xQQ", framing.MAGIC, framing.VERSION, 1, 1, 0, 1 << 32)
+    reader = tcp._FrameReader(framing.DEFAULT_MAX_PAYLOAD, lambda: limit[0])
+    with pytest.raises(ProtocolError, match=f"a frame of {1 << 32} bytes"):
+        feed(huge)
+    assert reader.part == "header" and len(reader.buffer) == framing.HEADER_SIZE
