@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments import importing
 from mpc.errors import SottovoceError
 from protocols import registry
 
@@ -292,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(demo, "tcp")
     demo.set_defaults(fn=cmd_demo)
     classify = sub.add_parser("classify", help="classify your clips with a model file")
-    classify.add_argument("clips", nargs="+")
-    classify.add_argument("--model", required=True)
+    classify.add_argument("clips", nargs="+", help="audio files to classify")
+    classify.add_argument("--model", required=True, metavar="MODEL.npz",
+                          help="a model file (make one with `sottovoce import`)")
     common(classify, "tcp")
     classify.set_defaults(fn=cmd_classify)
     keys = sub.add_parser("keys", help="make this host's key for one role of a deployment "
@@ -341,13 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     dealer.set_defaults(fn=cmd_dealer)
     owner = sub.add_parser("model-owner", help="run Bob: share the model's weights")
     owner.add_argument("--config", required=True)
-    owner.add_argument("--model", required=True)
+    owner.add_argument("--model", required=True, metavar="MODEL.npz",
+                       help="the model file whose weights this role enters")
     owner.set_defaults(fn=cmd_model_owner)
     client = sub.add_parser("client", help="run Alice: share clips' features, get labels")
     client.add_argument("clips", nargs="+")
     client.add_argument("--config", required=True)
     client.add_argument("--json", action="store_true")
     client.set_defaults(fn=cmd_client)
+    importing.add_parser(sub)
     bench = sub.add_parser("bench", help="run the benchmarks (make bench)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(fn=cmd_bench)

@@ -37,6 +37,7 @@ from mpc.limits import (
 )
 from mpc.net.channel import Channel
 from mpc.runtime import RunConfig, Runtime
+from nn import graph
 from nn.describe import describe, from_description
 from nn.model import SecureModel
 from protocols import registry
@@ -182,8 +183,8 @@ class ExternalInference:
         f = self.model.fixed.frac_bits
         x = SecretTensor.input_external(protocol, self.roles.client,
                                         (self.batch, *self.model.input_shape))
-        for layer, params in zip(self.model.layers, self._params, strict=True):
-            x = layer.forward(x, params, f)
+        x = graph.evaluate(self.model.layers, x,
+                           lambda k, layer, xs: layer.call(xs, self._params[k], f))
         argmax(x.reshape(self.batch, -1)).reveal_external(self.roles.client)
 
 

@@ -593,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.load(out, weights_only=True)  # must load under the safe unpickler
     (results / "metrics.json").write_text(json.dumps(heldout_info, indent=2) + "\n")
     print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB); results in {results}")
+    from experiments.modelfile import import_checkpoint, save_model
+
+    model_file = save_model(out.with_suffix(".npz"), import_checkpoint(out).loaded)
+    print(f"model file for classification {model_file} (= sottovoce import --checkpoint)")
 
     if args.export_clips:
         if args.corpus != "hedgewars":

@@ -26,6 +26,8 @@ def describe(model: SecureModel) -> dict[str, Any]:
     for layer in model.layers:
         kind = type(layer).__name__
         entry = {"type": kind, "name": layer.name}
+        if layer.inputs:
+            entry["inputs"] = list(layer.inputs)
         for key in _FIELDS[kind]:
             value = getattr(layer, key)
             entry[key] = list(value) if isinstance(value, tuple) else value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mpc.errors import ConfigError, SottovoceError
 
-__all__ = ["ModelDescriptionError", "ModelImportError"]
+__all__ = ["ModelDescriptionError", "ModelFileError", "ModelImportError"]
 
 
 class ModelImportError(SottovoceError, ValueError):
@@ -26,3 +26,8 @@ class ModelDescriptionError(ConfigError):
 
     def __reduce__(self) -> tuple:  # keyword attributes: pickle by all the arguments
         return (ModelDescriptionError, (str(self), self.layer, self.field))
+
+
+class ModelFileError(ConfigError):
+    """A model file cannot be read or written as a model (`nn.modelfile`); the message
+    names the file and the problem."""

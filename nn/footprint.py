@@ -24,11 +24,18 @@ Shape = tuple[int, ...]
 
 KINDS: dict[str, type[L.Layer]] = {
     "Conv2d": L.Conv2d, "Linear": L.Linear, "ReLU": L.ReLU, "Flatten": L.Flatten,
-    "Pool2d": L.Pool2d, "Scale": L.Scale, "Reshape": L.Reshape}
+    "Pool2d": L.Pool2d, "Scale": L.Scale, "Reshape": L.Reshape, "Add": L.Add,
+    "Concat": L.Concat, "LeakyReLU": L.LeakyReLU, "Clamp": L.Clamp, "Smooth": L.Smooth,
+    "ChannelAffine": L.ChannelAffine}
 FIELDS: dict[str, tuple[str, ...]] = {
     "Conv2d": ("weight_shape", "bias_shape", "stride", "padding"),
     "Linear": ("weight_shape", "bias_shape"), "ReLU": (), "Flatten": (),
-    "Pool2d": ("kernel", "stride", "mode"), "Scale": ("factor",), "Reshape": ("shape",)}
+    "Pool2d": ("kernel", "stride", "mode"), "Scale": ("factor",), "Reshape": ("shape",),
+    "Add": (), "Concat": ("axis",), "LeakyReLU": ("slope",), "Clamp": ("low", "high"),
+    "Smooth": ("function",), "ChannelAffine": ("weight_shape", "bias_shape")}
+#: Comparisons a value costs in each smooth activation (its breakpoints).
+SMOOTH_COMPARISONS = 5
+MAX_INPUTS = 8  # inputs of one Add or Concat
 MAX_RANK = 3  # every layer works on at most (channels, height, width) per example
 _SHORT = reprlib.Repr()  # Python 3.11 takes the sizes as attributes only
 _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxlong = 6, 4, 60, 40
@@ -99,6 +106,7 @@ class _Walk:
 
     def __init__(self, input_shape: Shape) -> None:
         self.shape = input_shape
+        self.inputs: list[Shape] = [input_shape]  # the current layer's input shapes
         self.parameters = self.multiply_adds = self.comparisons = 0
         self.activation = math.prod(input_shape)
 
@@ -184,6 +192,17 @@ def _linear(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
     return (n_out,)
 
 
+def _channel_affine(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
+    channels = walk.shape[0]
+    for key in ("weight_shape", "bias_shape"):
+        if ints(f[key], where, key, 1, 1) != (channels,):
+            raise where.fail(key, f[key], f"must be [{channels}], one per channel of the "
+                             f"input {list(walk.shape)}")
+    walk.add(where, "weight_shape", f["weight_shape"], parameters=2 * channels,
+             multiply_adds=math.prod(walk.shape))
+    return walk.shape
+
+
 def _relu(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
     walk.add(where, "input", list(walk.shape), comparisons=math.prod(walk.shape))
     return walk.shape
@@ -223,6 +242,81 @@ def _scale(fixed: FixedPoint) -> Callable[[_Walk, Where, dict[str, Any]], Shape]
     return check
 
 
+def _add(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
+    if any(shape != walk.inputs[0] for shape in walk.inputs):
+        raise where.fail("inputs", f.get("inputs"), "must all have one shape; they have "
+                         f"{[list(s) for s in walk.inputs]}")
+    return walk.inputs[0]
+
+
+def _concat(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
+    rank = len(walk.inputs[0])
+    axis = integer(f["axis"], where, "axis", 0)
+    if axis >= rank or any(len(s) != rank for s in walk.inputs):
+        raise where.fail("axis", f["axis"], f"must be an axis of inputs of one rank; they "
+                         f"have shapes {[list(s) for s in walk.inputs]}")
+    rest = {s[:axis] + s[axis + 1:] for s in walk.inputs}
+    if len(rest) != 1:
+        raise where.fail("inputs", f.get("inputs"), f"must agree on every axis but {axis}; "
+                         f"they have shapes {[list(s) for s in walk.inputs]}")
+    shape = list(walk.inputs[0])
+    shape[axis] = sum(s[axis] for s in walk.inputs)
+    walk.tensor(where, "inputs", f.get("inputs"), math.prod(shape), "the output")
+    return tuple(shape)
+
+
+def _sources(entry: dict[str, Any], index: int, where: Where, arity: int) -> tuple[int, ...]:
+    """The layer's `inputs` field: indices of earlier layers, or -1 for the model's input;
+    () when absent (the previous layer)."""
+    if "inputs" not in entry:
+        if arity > 1:
+            raise where.fail("inputs", None, "is missing (this layer joins several)")
+        return ()
+    counts = range(2, MAX_INPUTS + 1) if arity > 1 else 1
+    sources = ints(entry["inputs"], where, "inputs", counts, -1)
+    if any(i >= index for i in sources):
+        raise where.fail("inputs", entry["inputs"], "must name earlier layers (or -1, the "
+                         "model's input)")
+    return sources
+
+
+def _number(value: Any, where: Where, field: str, fixed: FixedPoint,
+            optional: bool = False) -> float | None:
+    """A finite number that fits the fixed-point format (or None when `optional`)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or \
+            not math.isfinite(value) or abs(value) >= 2 ** fixed.int_bits:
+        raise where.fail(field, value, "must be a finite number that fits the fixed-point "
+                         f"format (|value| < 2^{fixed.int_bits})")
+    return float(value)
+
+
+def _activations(fixed: FixedPoint) -> dict[str, Callable[[_Walk, Where, dict[str, Any]], Shape]]:
+    def leaky(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
+        _number(f["slope"], where, "slope", fixed)
+        walk.add(where, "input", list(walk.shape), comparisons=math.prod(walk.shape))
+        return walk.shape
+
+    def clamp(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
+        low = _number(f["low"], where, "low", fixed, optional=True)
+        high = _number(f["high"], where, "high", fixed, optional=True)
+        if low is not None and high is not None and low > high:
+            raise where.fail("low", f["low"], f"is above high ({high})")
+        sides = (low is not None) + (high is not None)
+        walk.add(where, "input", list(walk.shape), comparisons=sides * math.prod(walk.shape))
+        return walk.shape
+
+    def smooth(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
+        if f["function"] not in L.SMOOTH:
+            raise where.fail("function", f["function"], f"must be one of {sorted(L.SMOOTH)}")
+        walk.add(where, "input", list(walk.shape),
+                 comparisons=SMOOTH_COMPARISONS * math.prod(walk.shape))
+        return walk.shape
+
+    return {"LeakyReLU": leaky, "Clamp": clamp, "Smooth": smooth}
+
+
 def _reshape(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
     shape = ints(f["shape"], where, "shape", range(1, MAX_RANK + 1), 1)
     if math.prod(shape) != math.prod(walk.shape):
@@ -247,8 +341,10 @@ def layers_of(entries: Any, input_shape: Shape, fixed: FixedPoint
         raise Where(None, None).fail("layers", shown, "must be a list of 1 to mpc.limits."
                                      f"MAX_LAYERS ({limits.MAX_LAYERS}) layers")
     checks = {"Conv2d": _conv2d, "Linear": _linear, "ReLU": _relu, "Flatten": _flatten,
-              "Pool2d": _pool2d, "Scale": _scale(fixed), "Reshape": _reshape}
+              "Pool2d": _pool2d, "Scale": _scale(fixed), "Reshape": _reshape, "Add": _add,
+              "Concat": _concat, "ChannelAffine": _channel_affine, **_activations(fixed)}
     walk = _Walk(input_shape)
+    shapes: dict[int, Shape] = {-1: input_shape}
     layers = []
     for index, entry in enumerate(entries):
         kind = entry.get("type") if isinstance(entry, dict) else None
@@ -257,16 +353,19 @@ def layers_of(entries: Any, input_shape: Shape, fixed: FixedPoint
         where = Where(index, kind)
         name = text(entry.get("name", f"layer{index}"), where, "name")
         where = Where(index, kind, name)
-        unknown = sorted(set(entry) - {"type", "name", *FIELDS[kind]})
+        unknown = sorted(set(entry) - {"type", "name", "inputs", *FIELDS[kind]})
         if unknown:
             raise where.fail(unknown[0], entry[unknown[0]], f"is not a field of {kind}")
         missing = [key for key in FIELDS[kind] if key not in entry]
         if missing:
             raise where.fail(missing[0], None, "is missing")
-        walk.shape = checks[kind](walk, where, entry)
+        sources = _sources(entry, index, where, KINDS[kind].arity)
+        walk.inputs = [shapes[i] for i in (sources or (index - 1,))]
+        walk.shape = walk.inputs[0]
+        walk.shape = shapes[index] = checks[kind](walk, where, entry)
         kwargs = {key: tuple(v) if isinstance(v, list) else v
                   for key, v in entry.items() if key in FIELDS[kind]}
-        layers.append(KINDS[kind](name, **kwargs))
+        layers.append(KINDS[kind](name, inputs=sources, **kwargs))
     walk.add(Where(None, None), "output shape", list(walk.shape),
              comparisons=math.prod(walk.shape) - 1)  # the argmax over the logits
     return layers, walk.shape, walk.footprint()

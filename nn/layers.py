@@ -4,15 +4,21 @@ Values are fixed point with `frac_bits` fractional bits. A linear layer multipli
 weights at the same scale, adds a bias encoded at twice the scale, and truncates once.
 Pooling by averaging is a local sum: its 1/k factor was folded into the next linear layer
 at import, so it costs no truncation and no communication.
+
+A model is a graph: each layer reads the outputs named by `inputs` (-1 is the model's
+input; empty means the previous layer's output, so a chain needs no indices) and
+`nn.graph.evaluate` runs them in order. `Add` and `Concat` are the layers with several
+inputs (residual connections, branches).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from protocols import ops
+from protocols import activations, ops
 from protocols.base import Protocol
 from protocols.functions import maximum
 from protocols.tensor import SecretTensor
@@ -25,10 +31,21 @@ class Layer:
     """Base: a layer maps a (batch, ...) tensor to another; `out_shape` is per example."""
 
     name: str
+    inputs: tuple[int, ...] = field(default=(), kw_only=True)
+    arity = 1  # how many inputs the layer reads
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The per-example output shape, so a model's shapes are known without running it."""
         return shape
+
+    def out_shape_of(self, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+        """The output shape from every input's shape (one input: `out_shape`)."""
+        return self.out_shape(shapes[0])
+
+    def call(self, xs: Sequence[SecretTensor], params: dict[str, SecretTensor],
+             frac_bits: int) -> SecretTensor:
+        """The layer on its inputs' values (one input: `forward`)."""
+        return self.forward(xs[0], params, frac_bits)
 
     def share_params(self, protocol: Protocol, owner: int) -> dict[str, SecretTensor]:
         """Secret-share the layer's private values from `owner`; most layers have none."""
@@ -112,6 +129,31 @@ def _broadcast_bias(bias: SecretTensor, shape: tuple[int, ...], axis: int) -> Se
     share = np.broadcast_to(bias.share.reshape(bias.share.shape[0], *view),
                             (bias.share.shape[0], *shape))
     return SecretTensor(bias.protocol, np.ascontiguousarray(share))
+
+
+@dataclass
+class ChannelAffine(_Affine):
+    """x * weight + bias with one private weight and bias per channel (the first axis of an
+    example): a batch-norm that no neighbouring linear layer can absorb (after a ReLU, or
+    read by a residual connection). One secret product and one truncation."""
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Element-wise: the shape is kept."""
+        return shape
+
+    def share_params(self, protocol: Protocol, owner: int) -> dict[str, SecretTensor]:
+        """Share weight and bias from `owner`; not a fixed operand, since it is broadcast
+        to each batch's shape before the product."""
+        mine = protocol.plays(owner)
+        w = SecretTensor.input(protocol, self.weight if mine else None, owner, self.weight_shape)
+        b = SecretTensor.input(protocol, self.bias if mine else None, owner, self.bias_shape)
+        return {"weight": w, "bias": b}
+
+    def forward(self, x, params, frac_bits):
+        """Both broadcast along the channel axis (local copies), one fused product."""
+        weight = _broadcast_bias(params["weight"], x.shape, axis=1)
+        bias = _broadcast_bias(params["bias"], x.shape, axis=1)
+        return x.bilinear_trunc(weight, ops.Mul(), bias, frac_bits)
 
 
 @dataclass
@@ -205,3 +247,79 @@ class Reshape(Layer):
     def forward(self, x, params, frac_bits):
         """A local reshape of the shares, keeping the batch axis."""
         return x.reshape(x.shape[0], *self.shape)
+
+
+@dataclass
+class Add(Layer):
+    """The sum of its inputs (a residual connection): local, at one scale."""
+
+    arity = 2
+
+    def out_shape_of(self, shapes):
+        """Every input has the same shape, which is the output's."""
+        return shapes[0]
+
+    def call(self, xs, params, frac_bits):
+        """Shares add locally: no communication."""
+        total = xs[0]
+        for x in xs[1:]:
+            total = total + x
+        return total
+
+
+@dataclass
+class Concat(Layer):
+    """Its inputs joined along the per-example `axis` (0: channels): a local copy."""
+
+    axis: int = 0
+    arity = 2
+
+    def out_shape_of(self, shapes):
+        """The inputs' sizes along `axis` add up; the other axes agree."""
+        first = list(shapes[0])
+        first[self.axis] = sum(s[self.axis] for s in shapes)
+        return tuple(first)
+
+    def call(self, xs, params, frac_bits):
+        """A local join of the shares (the batch axis comes first)."""
+        return SecretTensor.concatenate(list(xs), axis=self.axis + 1)
+
+
+@dataclass
+class LeakyReLU(Layer):
+    """max(x, 0) + slope * min(x, 0): one comparison, exact up to the slope's rounding."""
+
+    slope: float = 0.01
+
+    def forward(self, x, params, frac_bits):
+        """`protocols.activations.leaky_relu`."""
+        return activations.leaky_relu(x, frac_bits, self.slope)
+
+
+@dataclass
+class Clamp(Layer):
+    """min(max(x, low), high), either side optional (Hardtanh, ReLU6, clamp): exact."""
+
+    low: float | None = None
+    high: float | None = None
+
+    def forward(self, x, params, frac_bits):
+        """`protocols.activations.clamp`: both comparisons in one call."""
+        return activations.clamp(x, frac_bits, self.low, self.high)
+
+
+#: The smooth activations and their secure forms (piecewise cubics, `protocols.activations`).
+SMOOTH = {"sigmoid": activations.sigmoid, "tanh": activations.tanh,
+          "gelu": activations.gelu, "silu": activations.silu}
+
+
+@dataclass
+class Smooth(Layer):
+    """Sigmoid, tanh, GELU or SiLU by a piecewise-cubic approximation whose error bound
+    holds on the whole real line (`protocols.activations.error_bound`)."""
+
+    function: str = "sigmoid"
+
+    def forward(self, x, params, frac_bits):
+        """Five comparisons a value, then two product rounds."""
+        return SMOOTH[self.function](x, frac_bits)

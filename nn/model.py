@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from mpc.fixedpoint import FixedPoint
+from nn import graph
 from nn.layers import MODEL_OWNER, Layer
 from protocols.base import Protocol
 from protocols.functions import argmax
@@ -34,10 +35,7 @@ class SecureModel:
     @property
     def num_classes(self) -> int:
         """Logits per example, from the layers' shapes alone (no weights needed)."""
-        shape = self.input_shape
-        for layer in self.layers:
-            shape = layer.out_shape(shape)
-        return int(np.prod(shape))
+        return int(np.prod(graph.shapes(self.layers, self.input_shape)[-1]))
 
     def public(self) -> SecureModel:
         """The architecture without the weights: what every party other than Bob holds."""
@@ -130,11 +128,14 @@ class PrivateInference:
         intermediate: list[np.ndarray] | None = [] if self.audit else None
         shape = (batch, *model.input_shape)
         x = meter("input", lambda: SecretTensor.input(protocol, self.features, CLIENT, shape))
-        for layer, p in zip(model.layers, self._params, strict=True):
-            x = meter(layer.name, lambda layer=layer, p=p, x=x: layer.forward(x, p, f))
+
+        def step(k: int, layer: Layer, xs: list[SecretTensor]) -> SecretTensor:
+            out = meter(layer.name, lambda: layer.call(xs, self._params[k], f))
             if self.audit:
-                intermediate.append(x.reveal(CLIENT))
-        logits = x.reshape(batch, -1)
+                intermediate.append(out.reveal(CLIENT))
+            return out
+
+        logits = graph.evaluate(model.layers, x, step).reshape(batch, -1)
         label = meter("argmax", lambda: argmax(logits))
         labels = meter("reveal", lambda: label.reveal(CLIENT))
         revealed_logits = logits.reveal(CLIENT) if self.reveal_logits else None

@@ -635,7 +635,7 @@ def loaded():
     if not _LOADED:
         from experiments.modelfile import BUNDLED_MODEL, load_model
 
-        _LOADED.append(load_model(BUNDLED_MODEL, check=False))
+        _LOADED.append(load_model(BUNDLED_MODEL))
     return _LOADED[0]
 
 

@@ -4,8 +4,10 @@ Every input either works or raises one documented error type, naming the file wh
 is one, and nothing is half-written:
 
 * audio files, `audio.load` (and `sottovoce classify`): `AudioError`;
-* model files, `experiments.modelfile.load_model`: `ConfigError` (file problems) or
-  `nn.errors.ModelImportError` (weights the secure model cannot represent);
+* training checkpoints, `experiments.modelfile.import_checkpoint` (what `sottovoce import
+  --checkpoint` reads): `ConfigError` (file problems) or `nn.errors.ModelImportError`
+  (weights the secure model cannot represent); model files, the `.npz` that inference
+  reads, are fuzzed in tests/nn/test_modelfile.py;
 * cluster files, `mpc.cluster.load_cluster`: `ConfigError`;
 * wire frames, `mpc.net.framing.decode` and the TCP reader `mpc.net.tcp._read_frame`:
   `ProtocolError` (or `PeerLost` for a stream cut short).
@@ -45,7 +47,7 @@ from hypothesis import strategies as st
 import audio
 from audio import FeatureConfig
 from audio.errors import AudioError
-from experiments.modelfile import load_model
+from experiments.modelfile import import_checkpoint, save_model
 from experiments.models import reference_cnn
 from mpc import cluster
 from mpc.errors import ConfigError, PeerLost, ProtocolError, SottovoceError
@@ -164,7 +166,7 @@ def test_a_two_hour_clip_is_refused_from_its_header(tmp_path):
         audio.load(path)
 
 
-# -- model files ------------------------------------------------------------------------------
+# -- training checkpoints ------------------------------------------------------------------------
 def _model_dict(num_classes: int = 3) -> dict:
     torch.manual_seed(5)
     return {"state_dict": reference_cnn(num_classes).state_dict(), "num_classes": num_classes,
@@ -221,7 +223,7 @@ def _broken(case: str) -> dict:
 def test_broken_model_files_are_config_errors_naming_the_file(tmp_path, case, message):
     path = _save(tmp_path, _broken(case))
     with pytest.raises(ConfigError, match=message) as info:
-        load_model(path, check=False)
+        import_checkpoint(path, check=False)
     assert str(path) in str(info.value)
 
 
@@ -231,7 +233,7 @@ def test_weights_beyond_the_fixed_point_range_are_refused(tmp_path):
     data["state_dict"][last] = data["state_dict"][last] * 1e16  # encodings past 2^47
     path = _save(tmp_path, data)
     with pytest.raises(ModelImportError, match="out of fixed-point range") as info:
-        load_model(path, check=False)
+        import_checkpoint(path, check=False)
     assert str(path) in str(info.value)  # the error names the model file
 
 
@@ -251,7 +253,7 @@ def test_a_pickled_object_that_would_run_code_is_refused_without_running_it(tmp_
     data["labels"] = _Payload(marker)
     path = _save(tmp_path, data)
     with pytest.raises(ConfigError, match="not a loadable weights-only model file") as info:
-        load_model(path, check=False)
+        import_checkpoint(path, check=False)
     assert str(path) in str(info.value)
     assert not marker.exists(), "the payload ran while loading the model"
     # the payload is live: an unsafe load would have run it
@@ -272,7 +274,7 @@ def test_corrupted_model_files_are_config_errors_or_load(tmp_path, data):
     path = tmp_path / "fuzz.pt"
     path.write_bytes(bytes(blob))
     try:
-        load_model(path, check=False)
+        import_checkpoint(path, check=False)
     except ConfigError as exc:
         assert str(path) in str(exc)
     except ModelImportError:
@@ -293,7 +295,8 @@ def _model_bytes() -> bytes:
 def test_a_bad_clip_through_the_command_line_prints_nothing_on_stdout(tmp_path):
     """`sottovoce classify --json` with one good and one NaN clip: exit 2, the bad file
     named on stderr, no JSON (not even for the good clip) on stdout."""
-    model = _save(tmp_path, _model_dict())
+    model = save_model(tmp_path / "model.npz",
+                       import_checkpoint(_save(tmp_path, _model_dict()), check=False).loaded)
     good, bad = tmp_path / "good.wav", tmp_path / "bad.wav"
     sf.write(good, _tone(1.0, 16000), 16000, subtype="PCM_16")
     samples = _tone(1.0, 16000)

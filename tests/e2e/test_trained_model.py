@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 import audio
-from experiments.modelfile import BUNDLED_CLIPS, BUNDLED_MODEL, load_model, plaintext_logits
+from experiments.modelfile import (
+    BUNDLED_CHECKPOINT,
+    BUNDLED_CLIPS,
+    BUNDLED_MODEL,
+    import_checkpoint,
+    load_model,
+    torch_logits,
+)
 from nn.inference import classify
 
 # Measured: 0.012 at most on these inputs. The input normaliser folds 1/std of dB features
@@ -24,7 +31,7 @@ MARGIN = LOGIT_BOUND
 
 @pytest.fixture(scope="module")
 def trained():
-    loaded = load_model(BUNDLED_MODEL, check=False)
+    loaded = load_model(BUNDLED_MODEL)
     config = loaded.feature_config
     base = [audio.features(audio.load(c, sample_rate=config.sample_rate), config)
             for c in sorted(BUNDLED_CLIPS.glob("*.wav"))]
@@ -36,7 +43,8 @@ def trained():
         x = x + rng.normal(0.0, 1.0) + rng.normal(0.0, 0.5, x.shape)  # gain (dB) and noise
         inputs.append(x.astype(np.float32))
     features = np.stack(inputs)
-    logits = plaintext_logits(loaded, features)
+    logits = torch_logits(import_checkpoint(BUNDLED_CHECKPOINT, check=False).torch_module,
+                          features)
     top2 = np.sort(logits, axis=1)[:, -2:]
     keep = (top2[:, 1] - top2[:, 0]) > MARGIN
     features, logits = features[keep][:50], logits[keep][:50]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -33,6 +34,10 @@ def model_and_clips(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, lis
     torch.save({"state_dict": module.state_dict(), "num_classes": 3, "labels": ["a", "b", "c"],
                 "feature_config": FeatureConfig().to_dict(), "architecture": "reference_cnn"},
                folder / "model.pt")
+    done = _sottovoce("import", "--checkpoint", str(folder / "model.pt"), "--out",
+                      str(folder / "model.npz"))
+    assert done.returncode == 0, done.stderr
+    assert "labels agree on 100% of 8 probes" in done.stdout
     t = np.arange(48000 * 2) / 48000
     clips = []
     for k, freq in enumerate((220.0, 440.0, 900.0)):
@@ -40,7 +45,7 @@ def model_and_clips(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, lis
         sf.write(path, 0.3 * np.sin(2 * np.pi * freq * t) * np.exp(-k * t), 48000,
                  subtype="PCM_16")
         clips.append(path)
-    return folder / "model.pt", clips
+    return folder / "model.npz", clips
 
 
 @pytest.mark.parametrize("scheme", ["replicated", "additive"])
@@ -129,3 +134,62 @@ def test_the_timeout_help_states_unit_and_default(command: str, capsys) -> None:
         cli.build_parser().parse_args([command, "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--timeout SECONDS" in help_text and "(default: 60 s)" in help_text
+
+
+def test_a_torch_checkpoint_given_as_model_says_how_to_convert_it(model_and_clips) -> None:
+    model, clips = model_and_clips
+    done = _sottovoce("classify", str(clips[0]), "--model", str(model.with_suffix(".pt")))
+    assert done.returncode == 2
+    assert "a torch checkpoint, not a model file" in done.stderr
+    assert "sottovoce import --checkpoint" in done.stderr and "Traceback" not in done.stderr
+
+
+
+MY_MODEL = """
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 2, 5, stride=4), nn.ReLU(), nn.Flatten())
+        self.head = nn.Linear(2 * 9 * 87, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+"""
+
+
+def test_import_a_module_from_a_python_file_and_classify_with_it(model_and_clips,
+                                                                  tmp_path: Path) -> None:
+    _, clips = model_and_clips
+    source = tmp_path / "my_model.py"
+    source.write_text(MY_MODEL)
+    spec = importlib.util.spec_from_file_location("my_model", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(5)
+    torch.save(module.Tiny().state_dict(), tmp_path / "weights.pt")
+    out = tmp_path / "mine.npz"
+    done = _sottovoce("import", "--module", f"{source}:Tiny", "--state-dict",
+                      str(tmp_path / "weights.pt"), "--labels", "low,mid,high", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and "labels low, mid, high" in done.stdout
+    done = _sottovoce("classify", *map(str, clips), "--model", str(out), "--json",
+                      "--transport", "threads")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["clips"]
+    assert [r["secure"] for r in rows] == [r["plaintext"] for r in rows]
+    assert {r["secure"] for r in rows} <= {"low", "mid", "high"}
+
+
+def test_import_refuses_weights_that_do_not_fit_naming_the_file(tmp_path: Path) -> None:
+    source = tmp_path / "my_model.py"
+    source.write_text(MY_MODEL)
+    torch.save({"body.0.weight": torch.zeros(3)}, tmp_path / "weights.pt")
+    done = _sottovoce("import", "--module", f"{source}:Tiny", "--state-dict",
+                      str(tmp_path / "weights.pt"), "--out", str(tmp_path / "x.npz"))
+    assert done.returncode == 2
+    assert "weights.pt: the weights do not fit" in done.stderr
+    assert not (tmp_path / "x.npz").exists()

@@ -39,7 +39,7 @@ def test_roles_in_separate_processes_classify_like_plaintext(tmp_path: Path, sch
         assert proc.wait(timeout=60) == 0, (tmp_path / "p0.log").read_text()
     assert client.returncode == 0, client.stderr
     labels = [c["label"] for c in json.loads(client.stdout)["clips"]]
-    loaded = load_model(BUNDLED_MODEL, check=False)
+    loaded = load_model(BUNDLED_MODEL)
     import audio
 
     feats = [audio.features(audio.load(c, sample_rate=loaded.feature_config.sample_rate),
@@ -65,3 +65,54 @@ def test_missing_party_is_named_within_the_timeout(tmp_path: Path):
     assert "could not reach party 0 at 127.0.0.1:" in client.stderr
     assert "Traceback" not in client.stderr
     assert elapsed < 3.0 + 10.0  # the connect timeout plus interpreter start-up
+
+
+class _ResidualOnMaps:
+    """A traced model (residual add, a batch-norm after a ReLU, a global mean) on the
+    bundled feature maps, built lazily so torch loads only for this test."""
+
+    @staticmethod
+    def build():
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.stem = nn.Conv2d(1, 4, 5, stride=4)
+                self.body = nn.Conv2d(4, 4, 3, padding=1)
+                self.norm = nn.BatchNorm2d(4)
+                self.head = nn.Linear(4, 3)
+
+            def forward(self, x):
+                x = F.relu(self.stem(x))
+                x = x + self.norm(F.relu(self.body(x)))
+                return self.head(torch.mean(x, dim=(2, 3)))
+
+        return Net()
+
+
+@pytest.mark.parametrize("scheme", ["replicated", "rep4"])
+def test_a_traced_graph_model_is_deployed_like_a_chain(scheme: str):
+    """The description carries the graph (inputs of each layer) to every role; the client
+    gets the float reference's labels."""
+    import numpy as np
+    from conftest import randomize
+
+    import audio
+    from experiments.deploy import run_deployment
+    from nn import graph
+    from nn.importer import from_torch
+    from nn.plain import forward
+
+    loaded = load_model(BUNDLED_MODEL)
+    module = randomize(_ResidualOnMaps.build(), 8)
+    model, _ = from_torch(module, loaded.secure.input_shape, labels=("x", "y", "z"))
+    assert not graph.is_chain(model.layers)
+    labels = run_deployment(scheme, model, loaded.feature_config.to_dict(), CLIPS[:2],
+                            timeout=120)
+    config = loaded.feature_config
+    feats = np.stack([audio.features(audio.load(c, sample_rate=config.sample_rate), config)
+                      for c in CLIPS[:2]])
+    assert labels == [model.labels[i] for i in forward(model, feats).argmax(axis=1)]

@@ -85,7 +85,7 @@ def test_roles_with_keys_made_on_their_own_hosts_classify_like_plaintext(tmp_pat
     assert client.returncode == 0, client.stderr
     assert codes == [0, 0, 0, 0], [(tmp_path / f"role-{i}.log").read_text() for i in range(5)]
     labels = [c["label"] for c in json.loads(client.stdout)["clips"]]
-    loaded = load_model(BUNDLED_MODEL, check=False)
+    loaded = load_model(BUNDLED_MODEL)
     import audio
 
     feats = np.stack([audio.features(audio.load(c, sample_rate=loaded.feature_config.sample_rate),

@@ -26,7 +26,7 @@ def _spy(sent: list[tuple[int, str, np.ndarray]]):
 
 
 def test_compute_parties_open_only_the_masked_label():
-    loaded = load_model(BUNDLED_MODEL, check=False)
+    loaded = load_model(BUNDLED_MODEL)
     roles = Roles.for_scheme(registry.get("replicated"))
     sent = {k: [] for k in range(roles.n_endpoints)}
     hooks = {k: _spy(sent[k]) for k in sent}

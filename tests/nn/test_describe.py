@@ -26,7 +26,7 @@ HUGE = 2 ** 40
 @pytest.fixture(scope="module")
 def bundled() -> Doc:
     """The bundled model's description, as a peer would receive it (through JSON)."""
-    return json.loads(json.dumps(describe(load_model(BUNDLED_MODEL, check=False).secure)))
+    return json.loads(json.dumps(describe(load_model(BUNDLED_MODEL).secure)))
 
 
 def _conv(cout: int, cin: int, k: int, padding: int = 0) -> Doc:
@@ -192,7 +192,7 @@ def test_reference_models_round_trip_within_the_limits(num_classes: int) -> None
 
 
 def test_the_bundled_model_round_trips(bundled: Doc) -> None:
-    model = load_model(BUNDLED_MODEL, check=False).secure
+    model = load_model(BUNDLED_MODEL).secure
     back = from_description(bundled)
     assert back.layers == model.public().layers and back.labels == model.labels
     assert describe(back) == bundled
@@ -226,3 +226,54 @@ def test_small_imported_models_round_trip() -> None:
         model, _ = from_torch(module, shape, check=False)
         doc = json.loads(json.dumps(describe(model)))
         assert from_description(doc).layers == model.public().layers
+
+
+def _graph_document() -> Doc:
+    """The description of a traced graph with every layer kind the importer makes."""
+    import torch
+    import torch.nn.functional as F
+    from conftest import randomize
+    from torch import nn
+
+    class Every(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+            self.norm = nn.BatchNorm2d(2)
+            self.fc = nn.Linear(4 * 4 * 4, 3)
+
+        def forward(self, x):
+            y = self.norm(F.leaky_relu(self.conv(x), 0.2))
+            y = torch.cat([torch.sigmoid(y), F.hardtanh(y + torch.relu(y))], dim=1)
+            return self.fc(F.avg_pool2d(y, 2).flatten(1))
+
+    model, _ = from_torch(randomize(Every(), 9), (1, 8, 8), check=False)
+    return json.loads(json.dumps(describe(model)))
+
+
+def test_a_graph_with_every_layer_kind_round_trips() -> None:
+    document = _graph_document()
+    kinds = {entry["type"] for entry in document["layers"]}
+    assert {"Add", "Concat", "LeakyReLU", "Clamp", "Smooth", "ChannelAffine"} <= kinds
+    assert any("inputs" in entry for entry in document["layers"])
+    assert describe(from_description(document)) == document
+
+
+@pytest.mark.parametrize("inputs, why", [
+    ([5, 5], "must name earlier layers"), ([-2, 0], "is below -1"), ([0], "list of 2 to 8"),
+    ("0", "must be a list")])
+def test_a_layer_reading_a_later_or_missing_layer_is_refused(inputs, why) -> None:
+    document = _graph_document()
+    join = next(k for k, e in enumerate(document["layers"]) if e["type"] == "Add")
+    document["layers"][join]["inputs"] = inputs
+    with pytest.raises(ModelDescriptionError, match=why) as info:
+        from_description(document)
+    assert info.value.layer == join and info.value.field == "inputs"
+
+
+def test_joined_shapes_that_disagree_are_refused() -> None:
+    document = _graph_document()
+    join = next(k for k, e in enumerate(document["layers"]) if e["type"] == "Add")
+    document["layers"][join]["inputs"] = [-1, join - 1]  # the model input and a 2-channel map
+    with pytest.raises(ModelDescriptionError, match="must all have one shape"):
+        from_description(document)
