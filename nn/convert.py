@@ -23,10 +23,11 @@ SUPPORTED = ("Conv1d, Conv2d (zero or 'same' padding, groups, dilation), Linear,
              "BatchNorm1d/2d (folded into a convolution or linear layer where it can be, else "
              "a per-channel affine layer), ReLU "
              "(module, F.relu, torch.relu, .relu()), AvgPool1d/2d, MaxPool1d/2d (module or "
-             "F.avg_pool*/F.max_pool*, no padding), AdaptiveAvgPool1d/2d (to 1 or a size "
-             "dividing the input), mean over the spatial axes, LeakyReLU, Hardtanh, ReLU6, "
-             "clamp, Sigmoid, Tanh, GELU, SiLU (modules or functions), Flatten, flatten, "
-             "view, reshape, x + y, torch.cat, Dropout, Identity, a final Softmax/LogSoftmax")
+             "F.avg_pool*/F.max_pool*, padding included), nearest Upsample/interpolate, "
+             "AdaptiveAvgPool1d/2d (to 1 or a size dividing the input), mean over the "
+             "spatial axes, LeakyReLU, PReLU, Hardtanh, ReLU6, clamp, Sigmoid, Tanh, GELU, SiLU "
+             "(modules or functions), Flatten, flatten, view, reshape, x + y, torch.cat, "
+             "Dropout, Identity, a final Softmax/LogSoftmax")
 
 _RELU = {"relu", "relu_"}
 _ADD = {"add", "iadd", "__add__", "__iadd__", "add_"}
@@ -36,6 +37,10 @@ _VANISH = {"dropout", "dropout1d", "dropout2d", "alpha_dropout", "contiguous", "
            "identity"}
 _SOFTMAX = {"softmax", "log_softmax"}
 _MEAN = {"mean"}
+#: What a max pool's padding holds: -2^31, below every value the fixed-point format holds at
+#: the importer's 31 integer bits, so never the maximum of a window with a real value in it;
+#: encoded at f <= 30 fractional bits its differences with values stay below 2^62.
+PAD_BELOW = 2.0**31
 _SMOOTH = {"sigmoid": "sigmoid", "tanh": "tanh", "gelu": "gelu", "silu": "silu"}
 
 
@@ -178,7 +183,8 @@ class _Converter:
                 mode = "sum" if isinstance(m, tnn.AvgPool2d | tnn.AvgPool1d) else "max"
                 return self.pool(op, ins, mode, m.kernel_size, m.stride, m.padding,
                                  m.ceil_mode, getattr(m, "dilation", 1),
-                                 getattr(m, "divisor_override", None))
+                                 getattr(m, "divisor_override", None),
+                                 getattr(m, "count_include_pad", True))
             if isinstance(m, tnn.AdaptiveAvgPool2d | tnn.AdaptiveAvgPool1d):
                 return self.adaptive(op, ins, m.output_size)
             if isinstance(m, tnn.Flatten):
@@ -187,6 +193,10 @@ class _Converter:
                 return None
             if isinstance(m, tnn.Softmax | tnn.LogSoftmax):
                 return self.softmax(op)
+            if isinstance(m, tnn.PReLU):
+                return self.prelu(op, m, ins)
+            if isinstance(m, tnn.Upsample):
+                return self.upsample(op, ins, m.mode)
             if isinstance(m, tnn.LeakyReLU):
                 return self.add(Spec("leaky", op.index, inputs=ins,
                                      params={"slope": float(m.negative_slope)}))
@@ -215,6 +225,8 @@ class _Converter:
             return self.softmax(op)
         if name in _MEAN:
             return self.mean(op, ins)
+        if name in ("interpolate", "upsample", "upsample_nearest"):
+            return self.upsample(op, ins)
         if name in ("leaky_relu", "leaky_relu_"):
             return self.add(Spec("leaky", op.index, inputs=ins, params={
                 "slope": float(_argument(op, 1, "negative_slope", 0.01))}))
@@ -238,7 +250,9 @@ class _Converter:
             ceil = _argument(op, 4 if mode == "sum" else 5, "ceil_mode", False)
             dilation = 1 if mode == "sum" else _argument(op, 4, "dilation", 1)
             divisor = _argument(op, 6, "divisor_override", None) if mode == "sum" else None
-            return self.pool(op, ins, mode, kernel, stride, padding, ceil, dilation, divisor)
+            include = _argument(op, 5, "count_include_pad", True) if mode == "sum" else True
+            return self.pool(op, ins, mode, kernel, stride, padding, ceil, dilation, divisor,
+                             include)
         if name in ("adaptive_avg_pool2d", "adaptive_avg_pool1d"):
             return self.adaptive(op, ins, _argument(op, 1, "output_size", None))
         raise self.unsupported(op)
@@ -251,6 +265,28 @@ class _Converter:
         return self.add(Spec("clamp", op.index, inputs=ins, params={
             "low": None if low is None else float(low),
             "high": None if high is None else float(high)}))
+
+    def prelu(self, op: Op, m: Any, ins: tuple[int, ...]) -> int:
+        """a x + (1 - a) relu(x) = relu(x) + a min(x, 0), with Bob's slopes a private: two
+        per-channel affine layers (bias 0) and an add, after one comparison."""
+        channels = self.shape_in(op)[1] if len(self.shape_in(op)) > 1 else 1
+        slope = np.broadcast_to(m.weight.detach().double().numpy(), (channels,)).copy()
+        zero = np.zeros(channels)
+        relu = self.add(Spec("relu", op.index, inputs=ins))
+        kept = self.add(Spec("affine", op.index, 1 - slope, zero, inputs=(relu,)))
+        scaled = self.add(Spec("affine", op.index, slope, zero, inputs=ins))
+        return self.add(Spec("add", op.index, inputs=(kept, scaled)))
+
+    def upsample(self, op: Op, ins: tuple[int, ...], mode: str | None = None) -> int:
+        mode = mode or _argument(op, 4, "mode", "nearest")
+        before, after = self.shape_in(op), op.shape
+        factors = [a // b for a, b in zip(after[2:], before[2:], strict=True)]
+        if mode != "nearest" or any(a != b * f for a, b, f in zip(after[2:], before[2:],
+                                                                  factors, strict=True)):
+            raise ModelImportError(f"{op.where}: only nearest upsampling by whole factors is "
+                                   f"supported (mode {mode!r}, {before[2:]} -> {after[2:]})")
+        factor = (1, factors[0]) if len(factors) == 1 else tuple(factors)
+        return self.add(Spec("upsample", op.index, inputs=ins, params={"factor": factor}))
 
     def unsupported(self, op: Op) -> ModelImportError:
         return ModelImportError(f"unsupported operation {op.where}; supported: {SUPPORTED}")
@@ -315,10 +351,18 @@ class _Converter:
         return self.add(Spec("affine", op.index, a, shift, inputs=ins))
 
     def pool(self, op: Op, ins: tuple[int, ...], mode: str, kernel: Any, stride: Any,
-             padding: Any, ceil_mode: bool, dilation: Any, divisor: Any) -> int:
-        if any(p != 0 for p in _as_tuple(padding)) or ceil_mode:
-            raise ModelImportError(f"{op.where}: pooling with padding or ceil_mode is not "
-                                   "supported")
+             padding: Any, ceil_mode: bool, dilation: Any, divisor: Any,
+             count_include_pad: bool = True) -> int:
+        if ceil_mode:
+            raise ModelImportError(f"{op.where}: pooling with ceil_mode is not supported")
+        pad = _as_tuple(padding)
+        if any(p != 0 for p in pad):
+            if mode == "sum" and not count_include_pad:
+                raise ModelImportError(f"{op.where}: average pooling with padding and "
+                                       "count_include_pad=False is not supported")
+            pad = (0, int(pad[0])) if len(self.shape_in(op)) == 3 else _pair(pad)
+            ins = (self.add(Spec("pad", op.index, inputs=ins, params={
+                "padding": pad, "value": 0.0 if mode == "sum" else -PAD_BELOW})),)
         if divisor:
             raise ModelImportError(f"{op.where}: average pooling with divisor_override is "
                                    "not supported")

@@ -26,13 +26,14 @@ KINDS: dict[str, type[L.Layer]] = {
     "Conv2d": L.Conv2d, "Linear": L.Linear, "ReLU": L.ReLU, "Flatten": L.Flatten,
     "Pool2d": L.Pool2d, "Scale": L.Scale, "Reshape": L.Reshape, "Add": L.Add,
     "Concat": L.Concat, "LeakyReLU": L.LeakyReLU, "Clamp": L.Clamp, "Smooth": L.Smooth,
-    "ChannelAffine": L.ChannelAffine}
+    "ChannelAffine": L.ChannelAffine, "Pad": L.Pad, "Upsample": L.Upsample}
 FIELDS: dict[str, tuple[str, ...]] = {
     "Conv2d": ("weight_shape", "bias_shape", "stride", "padding"),
     "Linear": ("weight_shape", "bias_shape"), "ReLU": (), "Flatten": (),
     "Pool2d": ("kernel", "stride", "mode"), "Scale": ("factor",), "Reshape": ("shape",),
     "Add": (), "Concat": ("axis",), "LeakyReLU": ("slope",), "Clamp": ("low", "high"),
-    "Smooth": ("function",), "ChannelAffine": ("weight_shape", "bias_shape")}
+    "Smooth": ("function",), "ChannelAffine": ("weight_shape", "bias_shape"),
+    "Pad": ("padding", "value"), "Upsample": ("factor",)}
 #: Comparisons a value costs in each smooth activation (its breakpoints).
 SMOOTH_COMPARISONS = 5
 MAX_INPUTS = 8  # inputs of one Add or Concat
@@ -203,6 +204,25 @@ def _channel_affine(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
     return walk.shape
 
 
+def _pad(fixed: FixedPoint) -> Callable[[_Walk, Where, dict[str, Any]], Shape]:
+    def check(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
+        c, h, w = _planes(walk, where)
+        ph, pw = ints(f["padding"], where, "padding", 2, 0)
+        _number(f["value"], where, "value", fixed)
+        shape = (c, h + 2 * ph, w + 2 * pw)
+        walk.tensor(where, "padding", f["padding"], math.prod(shape), "the padded map")
+        return shape
+    return check
+
+
+def _upsample(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
+    c, h, w = _planes(walk, where)
+    sh, sw = ints(f["factor"], where, "factor", 2, 1)
+    shape = (c, h * sh, w * sw)
+    walk.tensor(where, "factor", f["factor"], math.prod(shape), "the upsampled map")
+    return shape
+
+
 def _relu(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
     walk.add(where, "input", list(walk.shape), comparisons=math.prod(walk.shape))
     return walk.shape
@@ -342,7 +362,8 @@ def layers_of(entries: Any, input_shape: Shape, fixed: FixedPoint
                                      f"MAX_LAYERS ({limits.MAX_LAYERS}) layers")
     checks = {"Conv2d": _conv2d, "Linear": _linear, "ReLU": _relu, "Flatten": _flatten,
               "Pool2d": _pool2d, "Scale": _scale(fixed), "Reshape": _reshape, "Add": _add,
-              "Concat": _concat, "ChannelAffine": _channel_affine, **_activations(fixed)}
+              "Concat": _concat, "ChannelAffine": _channel_affine, "Pad": _pad(fixed),
+              "Upsample": _upsample, **_activations(fixed)}
     walk = _Walk(input_shape)
     shapes: dict[int, Shape] = {-1: input_shape}
     layers = []

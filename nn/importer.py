@@ -202,6 +202,10 @@ def _build(specs: list[Spec], names: list[str], input_shape: tuple[int, ...],
             layer = L.Add(name) if spec.kind == "add" else L.Concat(name, **spec.params)
         elif spec.kind == "relu":
             layer = L.ReLU(name)
+        elif spec.kind == "pad":  # zeros keep any scale; a max pool's frame is below all
+            layer = L.Pad(name, **spec.params)
+        elif spec.kind == "upsample":
+            layer = L.Upsample(name, factor=spec.params["factor"])
         elif spec.kind == "leaky":  # commutes with a positive scale, like ReLU
             layer = L.LeakyReLU(name, slope=spec.params["slope"])
         elif spec.kind in ("clamp", "smooth"):  # needs the true values: scale 1

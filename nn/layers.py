@@ -323,3 +323,57 @@ class Smooth(Layer):
     def forward(self, x, params, frac_bits):
         """Five comparisons a value, then two product rounds."""
         return SMOOTH[self.function](x, frac_bits)
+
+
+@dataclass
+class Pad(Layer):
+    """A (C, H, W) map framed by `padding` rows and columns of the public `value` (zero for
+    an average pool that counts the padding, very negative for a max pool): local."""
+
+    padding: tuple[int, int] = (0, 0)
+    value: float = 0.0
+
+    def out_shape(self, shape):
+        """Height and width grow by twice the padding."""
+        c, h, w = shape
+        return (c, h + 2 * self.padding[0], w + 2 * self.padding[1])
+
+    def forward(self, x, params, frac_bits):
+        """Zeros joined around the shares, then the public value added where they are."""
+        (ph, pw), (b, c, h, w) = self.padding, x.shape
+        zero = x[:, :, :1, :1] * 0
+        row = SecretTensor.concatenate([zero] * (w + 2 * pw), axis=3)
+        column = SecretTensor.concatenate([zero] * pw, axis=3) if pw else None
+        middle = x if column is None else SecretTensor.concatenate(
+            [SecretTensor.concatenate([column] * h, axis=2), x,
+             SecretTensor.concatenate([column] * h, axis=2)], axis=3)
+        if ph:
+            rows = SecretTensor.concatenate([row] * ph, axis=2)
+            middle = SecretTensor.concatenate([rows, middle, rows], axis=2)
+        if self.value == 0:
+            return middle
+        frame = np.ones((h + 2 * ph, w + 2 * pw), dtype=bool)
+        frame[ph:ph + h, pw:pw + w] = False
+        encoded = np.uint64(int(round(self.value * (1 << frac_bits))) % (1 << 64))
+        return middle + np.broadcast_to(frame * encoded, (b, c) + frame.shape)
+
+
+@dataclass
+class Upsample(Layer):
+    """Nearest-neighbour upsampling of a (C, H, W) map by whole factors: a local gather."""
+
+    factor: tuple[int, int] = (2, 2)
+
+    def out_shape(self, shape):
+        """Height and width times the factors."""
+        c, h, w = shape
+        return (c, h * self.factor[0], w * self.factor[1])
+
+    def forward(self, x, params, frac_bits):
+        """Each output cell reads the input cell it falls in."""
+        b, c, h, w = x.shape
+        sh, sw = self.factor
+        rows = np.arange(h * sh) // sh
+        cols = np.arange(w * sw) // sw
+        index = (rows[:, None] * w + cols[None, :]).reshape(-1)
+        return x.reshape(b, c, h * w)[:, :, index].reshape(b, c, h * sh, w * sw)

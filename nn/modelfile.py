@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from mpc.atomic import write_npz
 from nn import layers as L
 from nn.describe import checked, describe
 from nn.errors import ModelDescriptionError, ModelFileError
@@ -92,17 +92,7 @@ def save(path: str | os.PathLike, model: SecureModel, features: dict[str, Any] |
                                  f"{kind} of shape {shape} (a public model cannot be saved)")
         arrays[name] = value
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".partial")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez_compressed(out, **arrays)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_npz(path, arrays, compressed=True)
     return path
 
 

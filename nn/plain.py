@@ -79,6 +79,11 @@ def forward(model: SecureModel, features: np.ndarray) -> np.ndarray:
             return np.clip(x, layer.low, layer.high)
         if isinstance(layer, L.Smooth):
             return SMOOTH[layer.function](x)
+        if isinstance(layer, L.Pad):
+            (ph, pw) = layer.padding
+            return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=layer.value)
+        if isinstance(layer, L.Upsample):
+            return x.repeat(layer.factor[0], axis=2).repeat(layer.factor[1], axis=3)
         if isinstance(layer, L.Scale):
             return x * layer.factor
         if isinstance(layer, L.Flatten):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mpc.atomic import write_npz
 from mpc.errors import PreprocessingError
 from mpc.prg import KEY_BYTES, PRG
 from protocols.base import Protocol
@@ -86,24 +87,8 @@ def write_material(plan: list[Request], n_parties: int,
             "seed": np.frombuffer(seed, dtype=np.uint8),
             "corrections": corrections if last else np.zeros(0, dtype=np.uint64),
         }
-        _write_atomically(path, arrays)
+        write_npz(path, arrays)
     return paths
-
-
-def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename into place:
-    a reader sees the whole file or none of it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:

@@ -99,12 +99,24 @@ def test_non_numeric_or_non_zero_padding_refused(conv):
 
 
 @pytest.mark.parametrize("pool", [
+    nn.MaxPool2d(2, ceil_mode=True), nn.AvgPool2d(2, ceil_mode=True),
+    nn.AvgPool2d(2, padding=1, count_include_pad=False)],
+    ids=["max-ceil", "avg-ceil", "avg-pad-excluded"])
+def test_pooling_with_ceil_mode_or_uncounted_padding_refused(pool):
+    _refused(nn.Sequential(pool), (1, 7, 7), type(pool).__name__, "position 0")
+
+
+@pytest.mark.parametrize("pool", [
     nn.AvgPool2d(2, padding=1), nn.MaxPool2d(3, padding=1), nn.AvgPool1d(2, padding=1),
-    nn.MaxPool1d(2, padding=1), nn.MaxPool2d(2, ceil_mode=True), nn.AvgPool2d(2, ceil_mode=True)],
-    ids=["avg2d-pad", "max2d-pad", "avg1d-pad", "max1d-pad", "max-ceil", "avg-ceil"])
-def test_pooling_with_padding_or_ceil_mode_refused(pool):
+    nn.MaxPool1d(2, padding=1)], ids=["avg2d-pad", "max2d-pad", "avg1d-pad", "max1d-pad"])
+def test_pooling_with_padding_imports_exactly(pool):
+    """Padding is a frame of zeros (average, counted) or of -2^31 (max): torch's result."""
     shape = (1, 7, 7) if "2d" in type(pool).__name__ else (1, 7)
-    _refused(nn.Sequential(pool), shape, type(pool).__name__, "position 0")
+    module = nn.Sequential(pool, nn.Flatten())
+    model, report = from_torch(module, shape)
+    x = np.random.default_rng(1).normal(size=(3, *shape)) - 2
+    assert np.abs(forward(model, x) - torch_logits(module, x)).max() < 1e-9
+    assert report.logit_error < 1e-5
 
 
 def test_dilated_max_pooling_refused():

@@ -250,3 +250,56 @@ def test_a_channel_affine_layer_gives_torchs_logits_under_every_scheme(scheme,
     result = classify(model, features, scheme=scheme, n_parties=n_parties, reveal_logits=True)
     assert np.abs(result.logits - expected).max() < LOGIT_BOUND
     assert np.array_equal(result.labels, expected.argmax(axis=1))
+
+
+class PaddedPools(nn.Module):
+    """Max and average pooling with padding, and nearest upsampling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.fc = nn.Linear(2 * 5 * 5, 3)
+
+    def forward(self, x):
+        y = F.max_pool2d(self.conv(x), 3, stride=2, padding=1)  # (2, 3, 3)
+        y = F.avg_pool2d(y, 2, stride=1, padding=1)  # (2, 4, 4)
+        y = F.max_pool2d(self.up(y), 2, padding=1)  # (2, 8, 8) -> (2, 5, 5)
+        return self.fc(y.flatten(1))
+
+
+def test_padded_pools_and_upsampling_follow_torch() -> None:
+    module = randomize(PaddedPools(), 7)
+    model, report = from_torch(module, (1, 8, 8))
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Pad") == 3 and "Upsample" in kinds
+    assert report.agreement == 1.0 and report.logit_error < 1e-5, report.table()
+    x = np.random.default_rng(7).normal(size=(3, 1, 8, 8)) - 3  # negative: padding matters
+    assert np.abs(forward(model, x) - torch_logits(module, x)).max() < 1e-5
+
+
+@every_scheme_once
+def test_padded_pools_and_upsampling_under_every_scheme(scheme, n_parties) -> None:
+    module = randomize(PaddedPools(), 7)
+    model, _ = from_torch(module, (1, 8, 8))
+    features = np.random.default_rng(8).normal(size=(3, 1, 8, 8)) - 3
+    expected = torch_logits(module, features)
+    result = classify(model, features, scheme=scheme, n_parties=n_parties, reveal_logits=True)
+    assert np.abs(result.logits - expected).max() < LOGIT_BOUND
+    assert np.array_equal(result.labels, expected.argmax(axis=1))
+
+
+@pytest.mark.parametrize("slopes", [1, 3], ids=["one-slope", "per-channel"])
+def test_prelu_keeps_its_learned_slopes_private_and_follows_torch(slopes) -> None:
+    module = nn.Sequential(nn.Conv2d(1, 3, 3), nn.PReLU(slopes), nn.Flatten(),
+                           nn.Linear(3 * 6 * 6, 2))
+    randomize(module, 10)
+    with torch.no_grad():
+        module[1].weight.copy_(torch.linspace(-0.5, 0.7, slopes))
+    model, report = from_torch(module, (1, 8, 8))
+    assert report.logit_error < 1e-5 and report.agreement == 1.0
+    assert all(layer.weight is None for layer in model.public().layers
+               if isinstance(layer, L.ChannelAffine))
+    features = np.random.default_rng(10).normal(size=(3, 1, 8, 8))
+    result = classify(model, features, scheme="rep4", reveal_logits=True)
+    assert np.abs(result.logits - torch_logits(module, features)).max() < LOGIT_BOUND
