@@ -21,12 +21,12 @@ from nn.tracing import MODEL_INPUT, Op, Traced
 
 SUPPORTED = ("Conv1d, Conv2d (zero or 'same' padding, groups, dilation), Linear, "
              "BatchNorm1d/2d (folded into a convolution or linear layer where it can be, else "
-             "a per-channel affine layer), ReLU "
-             "(module, F.relu, torch.relu, .relu()), AvgPool1d/2d, MaxPool1d/2d (module or "
-             "F.avg_pool*/F.max_pool*, padding included), nearest Upsample/interpolate, "
+             "a per-channel affine layer), LayerNorm, GroupNorm, ReLU (module, F.relu, "
+             "torch.relu, .relu()), AvgPool1d/2d, MaxPool1d/2d (module or F.avg_pool*/"
+             "F.max_pool*, padding included), nearest Upsample/interpolate, "
              "AdaptiveAvgPool1d/2d (to 1 or a size dividing the input), mean over the "
-             "spatial axes, LeakyReLU, PReLU, Hardtanh, ReLU6, clamp, Sigmoid, Tanh, GELU, SiLU "
-             "(modules or functions), Flatten, flatten, view, reshape, x + y, torch.cat, "
+             "spatial axes, LeakyReLU, PReLU, Hardtanh, ReLU6, clamp, Sigmoid, Tanh, GELU, "
+             "SiLU (modules or functions), Flatten, flatten, view, reshape, x + y, torch.cat, "
              "Dropout, Identity, a final Softmax/LogSoftmax")
 
 _RELU = {"relu", "relu_"}
@@ -193,6 +193,8 @@ class _Converter:
                 return None
             if isinstance(m, tnn.Softmax | tnn.LogSoftmax):
                 return self.softmax(op)
+            if isinstance(m, tnn.LayerNorm | tnn.GroupNorm):
+                return self.norm(op, m, ins)
             if isinstance(m, tnn.PReLU):
                 return self.prelu(op, m, ins)
             if isinstance(m, tnn.Upsample):
@@ -265,6 +267,35 @@ class _Converter:
         return self.add(Spec("clamp", op.index, inputs=ins, params={
             "low": None if low is None else float(low),
             "high": None if high is None else float(high)}))
+
+    def norm(self, op: Op, m: Any, ins: tuple[int, ...]) -> int:
+        """LayerNorm or GroupNorm: the normalisation, then Bob's gamma and beta (if any) as
+        a per-channel affine layer."""
+        import torch.nn as tnn
+
+        rank = len(self.shape_in(op))
+        if isinstance(m, tnn.GroupNorm):
+            if rank not in (3, 4):
+                raise ModelImportError(f"{op.where}: GroupNorm needs (C, L) or (C, H, W) inputs")
+            spec = Spec("norm", op.index, inputs=ins, params={
+                "axes": (0, 1, 2), "groups": int(m.num_groups), "eps": float(m.eps)})
+            affine = m.affine
+        else:
+            count = len(m.normalized_shape)
+            axes = tuple(sorted({_axis(op, d, rank) for d in range(rank - count, rank)}))
+            spec = Spec("norm", op.index, inputs=ins, params={
+                "axes": axes, "groups": 0, "eps": float(m.eps)})
+            affine = m.elementwise_affine
+            if affine and not (rank == 2 and count == 1):
+                raise ModelImportError(f"{op.where}: LayerNorm's element-wise affine is "
+                                       "supported over the features of a flat input only; "
+                                       "use elementwise_affine=False or a flat input")
+        normed = self.add(spec)
+        if not affine:
+            return normed
+        weight = m.weight.detach().double().numpy()
+        bias = m.bias.detach().double().numpy() if m.bias is not None else np.zeros_like(weight)
+        return self.add(Spec("affine", op.index, weight, bias, inputs=(normed,)))
 
     def prelu(self, op: Op, m: Any, ins: tuple[int, ...]) -> int:
         """a x + (1 - a) relu(x) = relu(x) + a min(x, 0), with Bob's slopes a private: two

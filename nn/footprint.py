@@ -26,14 +26,16 @@ KINDS: dict[str, type[L.Layer]] = {
     "Conv2d": L.Conv2d, "Linear": L.Linear, "ReLU": L.ReLU, "Flatten": L.Flatten,
     "Pool2d": L.Pool2d, "Scale": L.Scale, "Reshape": L.Reshape, "Add": L.Add,
     "Concat": L.Concat, "LeakyReLU": L.LeakyReLU, "Clamp": L.Clamp, "Smooth": L.Smooth,
-    "ChannelAffine": L.ChannelAffine, "Pad": L.Pad, "Upsample": L.Upsample}
+    "ChannelAffine": L.ChannelAffine, "Pad": L.Pad, "Upsample": L.Upsample, "Norm": L.Norm}
 FIELDS: dict[str, tuple[str, ...]] = {
     "Conv2d": ("weight_shape", "bias_shape", "stride", "padding"),
     "Linear": ("weight_shape", "bias_shape"), "ReLU": (), "Flatten": (),
     "Pool2d": ("kernel", "stride", "mode"), "Scale": ("factor",), "Reshape": ("shape",),
     "Add": (), "Concat": ("axis",), "LeakyReLU": ("slope",), "Clamp": ("low", "high"),
     "Smooth": ("function",), "ChannelAffine": ("weight_shape", "bias_shape"),
-    "Pad": ("padding", "value"), "Upsample": ("factor",)}
+    "Pad": ("padding", "value"), "Upsample": ("factor",), "Norm": ("axes", "groups", "eps")}
+#: Comparisons per normalised group of values (`protocols.normalization`'s range reduction).
+NORM_COMPARISONS = 41
 #: Comparisons a value costs in each smooth activation (its breakpoints).
 SMOOTH_COMPARISONS = 5
 MAX_INPUTS = 8  # inputs of one Add or Concat
@@ -215,6 +217,32 @@ def _pad(fixed: FixedPoint) -> Callable[[_Walk, Where, dict[str, Any]], Shape]:
     return check
 
 
+def _norm(fixed: FixedPoint) -> Callable[[_Walk, Where, dict[str, Any]], Shape]:
+    def check(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
+        rank = len(walk.shape)
+        axes = ints(f["axes"], where, "axes", range(1, rank + 1), 0)
+        if len(set(axes)) != len(axes) or any(a >= rank for a in axes):
+            raise where.fail("axes", f["axes"], f"must be distinct axes of {list(walk.shape)}")
+        groups = integer(f["groups"], where, "groups", 0)
+        eps = _number(f["eps"], where, "eps", fixed)
+        if eps < 0:
+            raise where.fail("eps", f["eps"], "must not be negative")
+        if groups:
+            if rank != 3 or walk.shape[0] % groups:
+                raise where.fail("groups", groups, f"must divide the channels of a (C, H, W) "
+                                 f"map; the input is {list(walk.shape)}")
+            together, count = math.prod(walk.shape) // groups, groups
+        else:
+            together = math.prod(walk.shape[a] for a in axes)
+            count = math.prod(walk.shape) // together
+        if together > L.MAX_NORMALISED:
+            raise where.fail("axes", f["axes"], f"normalises {together} values together; at "
+                             f"most {L.MAX_NORMALISED}")
+        walk.add(where, "axes", f["axes"], comparisons=NORM_COMPARISONS * count)
+        return walk.shape
+    return check
+
+
 def _upsample(walk: _Walk, where: Where, f: dict[str, Any]) -> Shape:
     c, h, w = _planes(walk, where)
     sh, sw = ints(f["factor"], where, "factor", 2, 1)
@@ -363,7 +391,7 @@ def layers_of(entries: Any, input_shape: Shape, fixed: FixedPoint
     checks = {"Conv2d": _conv2d, "Linear": _linear, "ReLU": _relu, "Flatten": _flatten,
               "Pool2d": _pool2d, "Scale": _scale(fixed), "Reshape": _reshape, "Add": _add,
               "Concat": _concat, "ChannelAffine": _channel_affine, "Pad": _pad(fixed),
-              "Upsample": _upsample, **_activations(fixed)}
+              "Upsample": _upsample, "Norm": _norm(fixed), **_activations(fixed)}
     walk = _Walk(input_shape)
     shapes: dict[int, Shape] = {-1: input_shape}
     layers = []

@@ -208,6 +208,10 @@ def _build(specs: list[Spec], names: list[str], input_shape: tuple[int, ...],
             layer = L.Upsample(name, factor=spec.params["factor"])
         elif spec.kind == "leaky":  # commutes with a positive scale, like ReLU
             layer = L.LeakyReLU(name, slope=spec.params["slope"])
+        elif spec.kind == "norm":  # the true values (eps would not scale)
+            sources = (at_unit_scale(sources[0], spec.torch_index, where),)
+            scale = 1.0
+            layer = L.Norm(name, **spec.params)
         elif spec.kind in ("clamp", "smooth"):  # needs the true values: scale 1
             sources = (at_unit_scale(sources[0], spec.torch_index, where),)
             scale = 1.0
@@ -282,6 +286,8 @@ class _Range:
         """Whether `f` fractional bits hold the peak (monotone: fewer bits hold more)."""
         if self.what == "accumulator":
             return self.peak * 2.0 ** (2 * f) < ACCUMULATOR_LIMIT / 2.0**HEADROOM_BITS
+        if self.what == "norm input":  # protocols.normalization: |x| < 2^(29 - f), kept 2x
+            return 2 * self.peak < 2.0 ** (29 - f)
         if self.what == "activation":  # a piecewise cubic's products at scale 2^(2f + s)
             try:
                 APPROXIMATIONS[self.function].check_headroom(f)
@@ -300,6 +306,10 @@ class _Range:
 
     def refusal(self) -> str:
         """Why no precision in the range fits, naming the layer and its peak."""
+        if self.what == "norm input":
+            return (f"{self.where}: normalises values up to {self.peak:.3g} on the probes; "
+                    f"the secure normalisation holds |x| < 2^(29 - f), so at most "
+                    f"{2.0 ** (28 - MIN_FRAC_BITS):.3g} with {MIN_FRAC_BITS} fractional bits")
         if self.what == "accumulator":
             ceiling = ACCUMULATOR_LIMIT / 2.0 ** (2 * MIN_FRAC_BITS + HEADROOM_BITS)
             return (f"{self.where} reaches {self.peak:.3g} on the probes; fixed point "
@@ -326,6 +336,12 @@ def _ranges(probes: np.ndarray, affine: list[_AffineFloats], layers: list[L.Laye
                       layer.function)
                for layer, index in zip(layers, torch_index, strict=True)
                if isinstance(layer, L.Smooth)]
+    for k, layer in enumerate(layers):
+        if isinstance(layer, L.Norm):
+            source = (layer.inputs or (k - 1,))[0]
+            values = probes if source < 0 else outputs.get(torch_index[source], probes)
+            ranges.append(_Range(f"layer {layer.name} ({names[torch_index[k]]})",
+                                 "norm input", _peak(values)))
     return ranges
 
 

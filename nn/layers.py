@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from protocols import activations, ops
+from protocols import activations, normalization, ops
 from protocols.base import Protocol
 from protocols.functions import maximum
 from protocols.tensor import SecretTensor
@@ -377,3 +377,25 @@ class Upsample(Layer):
         cols = np.arange(w * sw) // sw
         index = (rows[:, None] * w + cols[None, :]).reshape(-1)
         return x.reshape(b, c, h * w)[:, :, index].reshape(b, c, h * sh, w * sw)
+
+
+@dataclass
+class Norm(Layer):
+    """LayerNorm over the per-example `axes` (groups = 0) or GroupNorm with `groups` groups,
+    without the affine part (a `ChannelAffine` after it carries Bob's gamma and beta):
+    `protocols.normalization`, whose stated bound needs |x| < 2^(29 - f) and at most
+    `MAX_NORMALISED` values normalised together."""
+
+    axes: tuple[int, ...] = (0,)
+    groups: int = 0
+    eps: float = 1e-5
+
+    def forward(self, x, params, frac_bits):
+        """One batched comparison per group of values, then Newton steps (20-24 rounds)."""
+        if self.groups:
+            return normalization.group_norm(x, frac_bits, self.groups, self.eps)
+        return normalization.layer_norm(x, frac_bits, tuple(a + 1 for a in self.axes),
+                                        self.eps)
+
+
+MAX_NORMALISED = 1 << 12  # values normalised together (protocols.normalization's range)

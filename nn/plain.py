@@ -79,6 +79,13 @@ def forward(model: SecureModel, features: np.ndarray) -> np.ndarray:
             return np.clip(x, layer.low, layer.high)
         if isinstance(layer, L.Smooth):
             return SMOOTH[layer.function](x)
+        if isinstance(layer, L.Norm):
+            b = x.shape[0]
+            grouped = x.reshape(b, layer.groups, -1) if layer.groups else x
+            axes = (2,) if layer.groups else tuple(a + 1 for a in layer.axes)
+            mean = grouped.mean(axis=axes, keepdims=True)
+            var = grouped.var(axis=axes, keepdims=True)
+            return ((grouped - mean) / np.sqrt(var + layer.eps)).reshape(x.shape)
         if isinstance(layer, L.Pad):
             (ph, pw) = layer.padding
             return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=layer.value)

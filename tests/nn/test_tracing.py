@@ -303,3 +303,49 @@ def test_prelu_keeps_its_learned_slopes_private_and_follows_torch(slopes) -> Non
     features = np.random.default_rng(10).normal(size=(3, 1, 8, 8))
     result = classify(model, features, scheme="rep4", reveal_logits=True)
     assert np.abs(result.logits - torch_logits(module, features)).max() < LOGIT_BOUND
+
+
+class Normed(nn.Module):
+    """GroupNorm (with gamma and beta) on a map, LayerNorm with its affine on the features,
+    LayerNorm without on a (C, L) signal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.group = nn.GroupNorm(2, 4)
+        self.fc = nn.Linear(4 * 6 * 6, 8)
+        self.layer = nn.LayerNorm(8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = F.relu(self.group(self.conv(x)))
+        return self.out(self.layer(self.fc(y.flatten(1))))
+
+
+def _normed():
+    module = randomize(Normed(), 11)
+    with torch.no_grad():
+        module.group.weight.copy_(torch.tensor([0.5, 1.5, -1.0, 2.0]))
+        module.layer.bias.copy_(torch.linspace(-1, 1, 8))
+    return module
+
+
+def test_layer_and_group_norm_import_with_private_affine_parts() -> None:
+    module = _normed()
+    model, report = from_torch(module, (1, 8, 8))
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Norm") == 2 and kinds.count("ChannelAffine") == 2, kinds
+    assert report.agreement == 1.0 and report.logit_error < 1e-3, report.table()
+    x = np.random.default_rng(11).normal(size=(3, 1, 8, 8))
+    assert np.abs(forward(model, x) - torch_logits(module, x)).max() < 1e-5
+
+
+@every_scheme_once
+def test_layer_and_group_norm_under_every_scheme(scheme, n_parties) -> None:
+    module = _normed()
+    model, _ = from_torch(module, (1, 8, 8))
+    features = np.random.default_rng(12).normal(size=(3, 1, 8, 8))
+    expected = torch_logits(module, features)
+    result = classify(model, features, scheme=scheme, n_parties=n_parties, reveal_logits=True)
+    assert np.abs(result.logits - expected).max() < LOGIT_BOUND
+    assert np.array_equal(result.labels, expected.argmax(axis=1))
