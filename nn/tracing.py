@@ -16,6 +16,7 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -95,7 +96,6 @@ def trace(module: Any, input_shape: tuple[int, ...]) -> Traced:
     the module and the line when torch.fx cannot follow `forward`."""
     import torch
     from torch import fx
-    from torch.fx.passes.shape_prop import ShapeProp
 
     label = type(module).__name__
     tracer = fx.Tracer()
@@ -110,13 +110,7 @@ def trace(module: Any, input_shape: tuple[int, ...]) -> Traced:
             "arguments, no data-dependent indexing") from None
     graph_module = fx.GraphModule(module, graph)
     sample = torch.zeros((SAMPLE_BATCH, *input_shape))
-    try:
-        with torch.no_grad():
-            ShapeProp(graph_module).propagate(sample)
-    except Exception as exc:  # a shape mismatch surfaces here, before any conversion
-        raise ModelImportError(
-            f"{label}: does not run on inputs of shape {tuple(input_shape)} per example"
-            f"{_failure_line(exc)}: {exc}") from None
+    _propagate_shapes(graph_module, sample, label, tuple(input_shape))
     ops: list[Op] = []
     index_of: dict[Any, int] = {}
     output = MODEL_INPUT
@@ -164,6 +158,44 @@ def trace(module: Any, input_shape: tuple[int, ...]) -> Traced:
             readers[i] = readers.get(i, 0) + 1
     readers[output] = readers.get(output, 0) + 1  # the model's output is read by the caller
     return Traced(graph_module, ops, output, readers, tuple(sample.shape))
+
+
+def _propagate_shapes(graph_module: Any, sample: Any, label: str,
+                      input_shape: tuple[int, ...]) -> None:
+    """Run the graph once on `sample`, recording each tensor's shape in `node.meta`; the op
+    that fails is named with the shapes it was given."""
+    import torch
+    from torch import fx
+
+    failure: list[str] = []  # fx rewrites the text of what escapes run(): say it outside
+
+    class Shapes(fx.Interpreter):
+        def run_node(self, node):
+            try:
+                result = super().run_node(node)
+            except Exception as exc:  # torch raises many types for mismatched shapes
+                given = [a.meta["tensor_meta"].shape[1:] for a in _tensor_args(node)
+                         if isinstance(a.meta.get("tensor_meta"), SimpleNamespace)]
+                what = (f"{type(graph_module.get_submodule(node.target)).__name__} at position "
+                        f"{node.target}" if node.op == "call_module" else _name(node.target))
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else \
+                    type(exc).__name__
+                failure.append(
+                    f"{label}: with inputs of shape {input_shape} per example, {what}"
+                    f"{_user_line(node.stack_trace)} receives {', '.join(map(str, given))} "
+                    f"and fails: {reason}")
+                raise
+            if isinstance(result, torch.Tensor):
+                node.meta["tensor_meta"] = SimpleNamespace(shape=tuple(result.shape))
+            return result
+
+    try:
+        with torch.no_grad():
+            Shapes(graph_module).run(sample)
+    except Exception:
+        if failure:
+            raise ModelImportError(failure[0]) from None
+        raise
 
 
 def _tensor_args(node: Any) -> list[Any]:

@@ -1,7 +1,9 @@
 """In-process transport: parties are threads, links are queues of encoded frames.
 
-Frames are serialised exactly as over TCP, so byte counts and framing checks are the same;
-this transport exists for tests and single-machine runs without sockets.
+A frame is its header, encoded exactly as over TCP (so byte counts and header checks are the
+same), and one copy of the payload array: the receiver checks the header and takes the array
+as it is, without serialising hundreds of megabytes of dealer material into bytes and back.
+This transport exists for tests and single-machine runs without sockets.
 
 There are no keep-alives here, on purpose: the timeout keeps its old meaning (a peer that
 sends nothing for `timeout` seconds is reported). Keep-alives tell a stopped or dead process,
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpc.errors import PeerLost, PeerTimeout
+from mpc.errors import PeerLost, PeerTimeout, ProtocolError
 from mpc.net import framing
 from mpc.net.channel import DEFAULT_TIMEOUT, Channel
 
@@ -50,7 +52,8 @@ class InProcessChannel(Channel):
     network: InProcessNetwork | None = None
 
     def _send_frame(self, peer: int, header: bytes, payload: np.ndarray) -> None:
-        self.network.queues[(self.party_id, peer)].put(header + payload.tobytes())
+        # a copy: the sender may change its array once the call returns, as over TCP
+        self.network.queues[(self.party_id, peer)].put((header, np.array(payload, copy=True)))
 
     def _recv_array(self, peer: int, expected_sequence: int) -> np.ndarray:
         try:
@@ -61,11 +64,18 @@ class InProcessChannel(Channel):
         if frame is _CLOSED:
             raise PeerLost(f"{self.role(self.party_id)}: {self.who(peer)} closed its link "
                            f"(step {self.step})")
-        text_length = framing.abort_length(frame[:framing.HEADER_SIZE])
-        if text_length is not None:
+        if isinstance(frame, bytes):  # an abort frame: the peer stops, and says why
+            text_length = framing.abort_length(frame[:framing.HEADER_SIZE])
             raise self._in_context(self._aborted(peer, framing.abort_reason(
-                frame[framing.HEADER_SIZE:framing.HEADER_SIZE + text_length])))
-        array = framing.decode(frame, expected_sequence)
+                frame[framing.HEADER_SIZE:framing.HEADER_SIZE + (text_length or 0)])))
+        header, payload = frame
+        dtype, ndim, length = framing.decode_header(header[:framing.HEADER_SIZE],
+                                                    expected_sequence)
+        shape = framing.decode_shape(header[framing.HEADER_SIZE:], ndim, dtype, length)
+        if payload.dtype != dtype or payload.nbytes != length:
+            raise ProtocolError(f"{self.role(self.party_id)}: {self.who(peer)} sent a frame "
+                                "whose payload does not match its header")
+        array = payload.reshape(shape)
         if array.nbytes > self.limit_of(peer):  # a queue holds one frame at a time here
             raise self._in_context(self._over_limit(peer, array.nbytes, 0))
         return array

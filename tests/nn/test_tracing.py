@@ -136,9 +136,17 @@ def test_forward_that_branches_on_values_is_refused_naming_the_line() -> None:
     assert "if x.sum() > 0" in message and "no `if` or loop on tensor values" in message
 
 
-def test_a_wrong_input_shape_is_reported_against_the_model() -> None:
-    with pytest.raises(ModelImportError, match=r"does not run on inputs of shape \(1, 12, 12\)"):
+def test_a_wrong_input_shape_is_reported_at_the_layer_that_cannot_take_it() -> None:
+    with pytest.raises(ModelImportError) as info:
         from_torch(randomize(Mixed(), 0), (1, 12, 12))
+    assert str(info.value).startswith(
+        "Mixed: with inputs of shape (1, 12, 12) per example, Linear at position fc "
+        "(test_tracing.py:")
+    assert "receives (50,) and fails: mat1 and mat2 shapes cannot be multiplied" in str(
+        info.value)
+    with pytest.raises(ModelImportError, match=r"Conv2d at position 0 receives \(2, 8, 8\) "
+                       "and fails: .*expected input.* to have 1 channels"):
+        from_torch(nn.Sequential(nn.Conv2d(1, 2, 3)), (2, 8, 8))
 
 
 def test_linear_on_a_map_and_an_op_on_the_batch_axis_are_named() -> None:
