@@ -112,6 +112,7 @@ class _Converter:
         self.traced, self.specs = traced, []
         self.value: dict[int, int] = {MODEL_INPUT: MODEL_INPUT}
         self.pending: tuple[np.ndarray, np.ndarray, Op] | None = None  # an input batch-norm
+        self.output = "logits"  # or the final softmax dropped
         if len(input_shape) == 2:
             self.value[MODEL_INPUT] = self.add(Spec("reshape", -1, params={
                 "shape": _per_example(tuple(input_shape))}))
@@ -449,6 +450,7 @@ class _Converter:
                              params={"shape": _per_example(shape)}))
 
     def softmax(self, op: Op) -> None:
+        self.output = "log_softmax" if "log" in op.name.lower() else "softmax"
         if op.index != self.traced.output:
             raise ModelImportError(f"{op.where}: unsupported before the last operation: "
                                    "a softmax is supported only as the model's output (it "
@@ -456,7 +458,10 @@ class _Converter:
         return None
 
 
-def convert(traced: Traced, input_shape: tuple[int, ...]) -> tuple[list[Spec], list[str]]:
-    """The float specs of a traced module, and each op's description (by op index)."""
-    specs = _Converter(traced, tuple(input_shape)).convert()
-    return specs, [op.where for op in traced.ops]
+def convert(traced: Traced, input_shape: tuple[int, ...]
+            ) -> tuple[list[Spec], list[str], str]:
+    """The float specs of a traced module, each op's description (by op index), and what
+    the model's output is made of the logits ("logits", or the dropped final softmax)."""
+    converter = _Converter(traced, tuple(input_shape))
+    specs = converter.convert()
+    return specs, [op.where for op in traced.ops], converter.output

@@ -16,7 +16,8 @@ from nn.footprint import MAX_RANK, Footprint, Where, integer, ints, layers_of, t
 from nn.model import SecureModel
 
 FORMAT = "sottovoce-model/1"
-_KEYS = ("format", "input_shape", "frac_bits", "int_bits", "labels", "layers")
+_KEYS = ("format", "input_shape", "frac_bits", "int_bits", "labels", "layers", "output")
+OUTPUTS = ("logits", "softmax", "log_softmax")
 
 
 def describe(model: SecureModel) -> dict[str, Any]:
@@ -34,7 +35,8 @@ def describe(model: SecureModel) -> dict[str, Any]:
         layers.append(entry)
     return {"format": "sottovoce-model/1", "input_shape": list(model.input_shape),
             "frac_bits": model.fixed.frac_bits, "int_bits": model.fixed.int_bits,
-            "labels": list(model.labels), "layers": layers}
+            "labels": list(model.labels), "layers": layers,
+            **({"output": model.output} if model.output != "logits" else {})}
 
 
 def checked(data: Any) -> tuple[SecureModel, Footprint]:
@@ -65,7 +67,10 @@ def checked(data: Any) -> tuple[SecureModel, Footprint]:
     if labels and len(labels) != math.prod(out):
         raise top.fail("labels", labels, f"{len(labels)} labels for {math.prod(out)} outputs")
     labels = [text(label, top, "labels") for label in labels]
-    return SecureModel(layers, shape, fixed, tuple(labels)), footprint
+    output = data.get("output", "logits")
+    if output not in OUTPUTS:
+        raise top.fail("output", output, f"must be one of {list(OUTPUTS)}")
+    return SecureModel(layers, shape, fixed, tuple(labels), output=output), footprint
 
 
 def from_description(data: Any) -> SecureModel:

@@ -96,12 +96,12 @@ def from_torch(module, input_shape: tuple[int, ...], probes: np.ndarray | None =
     """
     module = module.eval()
     traced = tracing.trace(module, tuple(input_shape))
-    specs, names = convert(traced, tuple(input_shape))
+    specs, names, output = convert(traced, tuple(input_shape))
     fixed = None if frac_bits is None else FixedPoint(frac_bits=frac_bits, int_bits=INT_BITS)
     layer_list, torch_index, scales, affine = _build(specs, names, tuple(input_shape), fixed)
     if fixed is not None and not check:
         return SecureModel(layer_list, tuple(input_shape), fixed, tuple(labels), torch_index,
-                           scales), None
+                           scales, output), None
     probes = _default_probes(input_shape) if probes is None else probes
     probes = np.asarray(probes, dtype=np.float64)
     torch_pass, bound_by = None, ""
@@ -112,7 +112,8 @@ def from_torch(module, input_shape: tuple[int, ...], probes: np.ndarray | None =
         fixed = FixedPoint(frac_bits=chosen, int_bits=INT_BITS)
         for layer, where, weight, bias in affine:
             _encode_affine(layer, where, weight, bias, fixed)
-    model = SecureModel(layer_list, tuple(input_shape), fixed, tuple(labels), torch_index, scales)
+    model = SecureModel(layer_list, tuple(input_shape), fixed, tuple(labels), torch_index, scales,
+                        output)
     if not check:
         return model, None
     report = validate(model, traced, probes, torch_pass)

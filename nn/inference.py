@@ -43,6 +43,20 @@ class Classification:
     layers: list[LayerReport]
     parties: list[PartyReport]
     scheme: str
+    output: str = "logits"  # what the model's own output is made of the logits
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """The original model's output when it ended with a softmax (or log-softmax) the
+        importer dropped: computed by the client from the revealed logits in the clear,
+        which tells it nothing the logits did not; None without revealed logits."""
+        if self.logits is None:
+            return None
+        if self.output == "logits":
+            return self.logits
+        shifted = self.logits - self.logits.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return shifted - log_norm if self.output == "log_softmax" else np.exp(shifted - log_norm)
 
     @property
     def online_seconds(self) -> float:
@@ -139,4 +153,4 @@ def classify(model: SecureModel, features: np.ndarray, scheme: str | Scheme = re
     return Classification(
         labels=outputs[CLIENT].labels.astype(np.int64),
         logits=model.fixed.decode(logits) if logits is not None else None,
-        layers=layers, parties=reports, scheme=chosen.name)
+        layers=layers, parties=reports, scheme=chosen.name, output=model.output)

@@ -31,6 +31,10 @@ class SecureModel:
     labels: tuple[str, ...] = ()
     torch_index: list[int] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)
+    #: What the original model ended with, after the logits: "logits" (nothing), or a
+    #: "softmax" / "log_softmax" the importer dropped (it keeps the argmax); the client
+    #: applies it to revealed logits in the clear (`Classification.probabilities`).
+    output: str = "logits"
 
     @property
     def num_classes(self) -> int:
