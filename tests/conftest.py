@@ -825,3 +825,26 @@ def lie_about_masked_inputs(monkeypatch, scheme: str, party: int) -> None:
 REFUSAL_NAMES = {"rep4": "and party {p} sent different",
                  "replicated_mac": "party {p} .*sent different",
                  "spdz2k": "party {p} .*sent different"}
+
+
+class TruncatingClear(Clear):
+    """The plaintext emulator with the truncation of the secure schemes: floor, floor + 1,
+    or either at random (seeded), recording the largest magnitude a truncation sees."""
+
+    MODES = ("floor", "floor+1", "random")
+
+    def __init__(self, mode: str, seed: int = 7) -> None:
+        super().__init__(3)
+        self.mode = mode
+        self.rng = np.random.default_rng(seed)
+        self.peak = 0
+
+    def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
+        if x.size:
+            self.peak = max(self.peak, int(np.abs(x.view(np.int64)).max()))
+        floor = super().trunc(x, frac_bits)
+        if self.mode == "floor":
+            return floor
+        if self.mode == "floor+1":
+            return floor + np.uint64(1)
+        return floor + self.rng.integers(0, 2, size=floor.shape, dtype=np.uint64)

@@ -87,6 +87,18 @@ def _imported(name: str, seed: int = 3):
     return module, model, report, features
 
 
+def _secure_matches_torch(module: nn.Module, shape: tuple[int, ...], scheme: str,
+                          n_parties: int, seed: int, offset: float = 0.0) -> None:
+    """Import `module`, classify 3 seeded inputs (normal, plus `offset`) under `scheme`:
+    logits within LOGIT_BOUND of float64 torch, and torch's labels."""
+    model, _ = from_torch(module, shape)
+    features = np.random.default_rng(seed).normal(size=(3, *shape)) + offset
+    expected = torch_logits(module, features)
+    result = classify(model, features, scheme=scheme, n_parties=n_parties, reveal_logits=True)
+    assert np.abs(result.logits - expected).max() < LOGIT_BOUND
+    assert np.array_equal(result.labels, expected.argmax(axis=1))
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_a_traced_model_matches_torch_in_the_emulator_and_the_float_reference(name) -> None:
     module, model, report, features = _imported(name)
@@ -255,13 +267,7 @@ def test_a_batchnorm_that_cannot_fold_is_a_private_channel_affine_layer() -> Non
 @every_scheme_once
 def test_a_channel_affine_layer_gives_torchs_logits_under_every_scheme(scheme,
                                                                        n_parties) -> None:
-    module = randomize(NormAfterReLU(), 6)
-    model, _ = from_torch(module, (1, 8, 8))
-    features = np.random.default_rng(6).normal(size=(3, 1, 8, 8))
-    expected = torch_logits(module, features)
-    result = classify(model, features, scheme=scheme, n_parties=n_parties, reveal_logits=True)
-    assert np.abs(result.logits - expected).max() < LOGIT_BOUND
-    assert np.array_equal(result.labels, expected.argmax(axis=1))
+    _secure_matches_torch(randomize(NormAfterReLU(), 6), (1, 8, 8), scheme, n_parties, 6)
 
 
 class PaddedPools(nn.Module):
@@ -292,13 +298,8 @@ def test_padded_pools_and_upsampling_follow_torch() -> None:
 
 @every_scheme_once
 def test_padded_pools_and_upsampling_under_every_scheme(scheme, n_parties) -> None:
-    module = randomize(PaddedPools(), 7)
-    model, _ = from_torch(module, (1, 8, 8))
-    features = np.random.default_rng(8).normal(size=(3, 1, 8, 8)) - 3
-    expected = torch_logits(module, features)
-    result = classify(model, features, scheme=scheme, n_parties=n_parties, reveal_logits=True)
-    assert np.abs(result.logits - expected).max() < LOGIT_BOUND
-    assert np.array_equal(result.labels, expected.argmax(axis=1))
+    """Negative inputs, so that a max pool's padding would win if it were not below them."""
+    _secure_matches_torch(randomize(PaddedPools(), 7), (1, 8, 8), scheme, n_parties, 8, -3.0)
 
 
 @pytest.mark.parametrize("slopes", [1, 3], ids=["one-slope", "per-channel"])
@@ -354,10 +355,4 @@ def test_layer_and_group_norm_import_with_private_affine_parts() -> None:
 
 @every_scheme_once
 def test_layer_and_group_norm_under_every_scheme(scheme, n_parties) -> None:
-    module = _normed()
-    model, _ = from_torch(module, (1, 8, 8))
-    features = np.random.default_rng(12).normal(size=(3, 1, 8, 8))
-    expected = torch_logits(module, features)
-    result = classify(model, features, scheme=scheme, n_parties=n_parties, reveal_logits=True)
-    assert np.abs(result.logits - expected).max() < LOGIT_BOUND
-    assert np.array_equal(result.labels, expected.argmax(axis=1))
+    _secure_matches_torch(_normed(), (1, 8, 8), scheme, n_parties, 12)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import (
     ROUNDS,
+    TruncatingClear,
     assert_all_parties_agree,
     every_scheme,
     i64,
@@ -112,29 +113,11 @@ def test_the_float_approximation_meets_its_stated_error_on_a_dense_grid(name):
     assert error_bound(name, FRAC) <= STATED_BOUND[name] <= TARGET[name]
 
 
-class _Truncating(Clear):
-    """The plaintext emulator with the truncation of the secure schemes: floor, floor + 1, or
-    either at random (fixed seed)."""
-
-    def __init__(self, mode: str) -> None:
-        super().__init__(3)
-        self.mode = mode
-        self.rng = np.random.default_rng(7)
-
-    def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
-        floor = super().trunc(x, frac_bits)
-        if self.mode == "floor":
-            return floor
-        if self.mode == "floor+1":
-            return floor + np.uint64(1)
-        return floor + self.rng.integers(0, 2, size=floor.shape, dtype=np.uint64)
-
-
 @pytest.mark.parametrize("mode", ["floor", "floor+1", "random"])
 def test_the_fixed_point_evaluation_meets_the_stated_bounds_on_a_dense_grid(mode):
     encoded = dense_encoded_grid()
     x = FP.decode(encoded)
-    protocol = _Truncating(mode)
+    protocol = TruncatingClear(mode, 7)
     sx = secret(protocol, encoded, 0)
     for name, fn in SECURE.items():
         got = FP.decode(reveal_all(fn(sx, FRAC)))

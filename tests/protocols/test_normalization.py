@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 from conftest import (
+    TruncatingClear,
     assert_all_parties_agree,
     every_scheme_once,
     op_rounds,
@@ -128,27 +129,6 @@ def test_the_stated_rsqrt_bounds_and_steps():
 
 
 # -- the fixed-point evaluation in the clear --------------------------------------------------
-class _Truncating(Clear):
-    """The plaintext emulator with the truncation of the secure schemes (floor, floor + 1, or
-    either at random), recording the largest magnitude any truncation sees."""
-
-    def __init__(self, mode: str) -> None:
-        super().__init__(3)
-        self.mode = mode
-        self.rng = np.random.default_rng(11)
-        self.peak = 0
-
-    def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
-        if x.size:
-            self.peak = max(self.peak, int(np.abs(x.view(np.int64)).max()))
-        floor = super().trunc(x, frac_bits)
-        if self.mode == "floor":
-            return floor
-        if self.mode == "floor+1":
-            return floor + np.uint64(1)
-        return floor + self.rng.integers(0, 2, size=floor.shape, dtype=np.uint64)
-
-
 MODES = ["floor", "floor+1", "random"]
 
 
@@ -169,7 +149,7 @@ def rsqrt_grid(f: int) -> np.ndarray:
 def test_rsqrt_in_fixed_point_meets_the_stated_bound_on_a_dense_grid(f, mode):
     encoded = rsqrt_grid(f)
     v = fixed(f).decode(encoded)
-    protocol = _Truncating(mode)
+    protocol = TruncatingClear(mode, 11)
     got = fixed(f).decode(reveal_all(rsqrt(secret(protocol, encoded, 0), f)))
     error = np.abs(got / ref_rsqrt(v) - 1.0)
     assert error.max() <= rsqrt_error_bound(f), (f, mode, error.max(), v[error.argmax()])
@@ -215,7 +195,7 @@ def test_layer_norm_in_fixed_point_meets_the_stated_bound(f, mode):
     for n in (16, 64, 5):
         encoded = fp.encode(layer_norm_rows(f, n, rng))
         x = fp.decode(encoded)
-        protocol = _Truncating(mode)
+        protocol = TruncatingClear(mode, 11)
         got = fp.decode(reveal_all(layer_norm(secret(protocol, encoded, 0), f, (1,), EPS)))
         error = np.abs(got - ref_layer_norm(x, (1,)))
         bound = layer_norm_error_bound(f, n, np.abs(x).max())
