@@ -139,20 +139,14 @@ def _limit(channel: Channel, peers: list[int] | tuple[int, ...], max_bytes: int)
 
 
 # -- the compute parties' program --------------------------------------------------------
-def _param_slots(model: SecureModel) -> list[tuple[int, str, tuple[int, ...]]]:
-    """(layer index, "weight" or "bias", shape) of every private parameter, in the order
-    the model owner enters them: layer by layer, weight before bias."""
-    return [(k, key, tuple(shape)) for k, layer in enumerate(model.layers)
-            for key in ("weight", "bias") if (shape := getattr(layer, f"{key}_shape", None))]
-
-
 def _parameter_count(model: SecureModel) -> int:
-    return sum(int(np.prod(shape, dtype=np.int64)) for _, _, shape in _param_slots(model))
+    return sum(int(np.prod(shape, dtype=np.int64)) for _, _, shape in model.parameter_slots())
 
 
 def flat_weights(model: SecureModel) -> np.ndarray:
-    """Every weight and bias of the model owner's model, encoded, in `_param_slots` order."""
-    values = [getattr(model.layers[k], key).reshape(-1) for k, key, _ in _param_slots(model)]
+    """Every weight and bias of the model owner's model, encoded, in the order of
+    `SecureModel.parameter_slots`."""
+    values = [getattr(model.layers[k], key).reshape(-1) for k, key, _ in model.parameter_slots()]
     return np.concatenate(values) if values else np.zeros(0, dtype=np.uint64)
 
 
@@ -170,7 +164,7 @@ class ExternalInference:
     _params: list = field(default_factory=list, repr=False)
 
     def setup(self, protocol: Protocol) -> None:
-        slots = _param_slots(self.model)
+        slots = self.model.parameter_slots()
         sizes = [int(np.prod(shape, dtype=np.int64)) for _, _, shape in slots]
         flat = SecretTensor.input_external(protocol, self.roles.model_owner, (sum(sizes),))
         self._params = [{} for _ in self.model.layers]

@@ -166,7 +166,7 @@ def _build(specs: list[Spec], names: list[str], input_shape: tuple[int, ...],
         scales.append(scale)
         return k
 
-    def at_unit_scale(k: int, index: int, where: str) -> int:
+    def at_unit_scale(k: int, where: str) -> int:
         if scale_of(k) == 1.0:
             return k
         # the rescaled value is the source op's torch value again (what the report compares)
@@ -198,7 +198,7 @@ def _build(specs: list[Spec], names: list[str], input_shape: tuple[int, ...],
             scale = 1.0
         elif spec.kind in ("add", "concat"):
             if len({scale_of(k) for k in sources}) > 1:
-                sources = tuple(at_unit_scale(k, spec.torch_index, where) for k in sources)
+                sources = tuple(at_unit_scale(k, where) for k in sources)
                 scale = 1.0
             layer = L.Add(name) if spec.kind == "add" else L.Concat(name, **spec.params)
         elif spec.kind == "relu":
@@ -210,11 +210,11 @@ def _build(specs: list[Spec], names: list[str], input_shape: tuple[int, ...],
         elif spec.kind == "leaky":  # commutes with a positive scale, like ReLU
             layer = L.LeakyReLU(name, slope=spec.params["slope"])
         elif spec.kind == "norm":  # the true values (eps would not scale)
-            sources = (at_unit_scale(sources[0], spec.torch_index, where),)
+            sources = (at_unit_scale(sources[0], where),)
             scale = 1.0
             layer = L.Norm(name, **spec.params)
         elif spec.kind in ("clamp", "smooth"):  # needs the true values: scale 1
-            sources = (at_unit_scale(sources[0], spec.torch_index, where),)
+            sources = (at_unit_scale(sources[0], where),)
             scale = 1.0
             layer = L.Clamp(name, **spec.params) if spec.kind == "clamp" \
                 else L.Smooth(name, **spec.params)

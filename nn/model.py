@@ -41,6 +41,13 @@ class SecureModel:
         """Logits per example, from the layers' shapes alone (no weights needed)."""
         return int(np.prod(graph.shapes(self.layers, self.input_shape)[-1]))
 
+    def parameter_slots(self) -> list[tuple[int, str, tuple[int, ...]]]:
+        """(layer index, "weight" or "bias", shape) of every private parameter, in the order
+        the model owner enters them and a model file stores them: layer by layer, weight
+        before bias."""
+        return [(k, key, tuple(shape)) for k, layer in enumerate(self.layers)
+                for key in ("weight", "bias") if (shape := getattr(layer, f"{key}_shape", None))]
+
     def public(self) -> SecureModel:
         """The architecture without the weights: what every party other than Bob holds."""
         return replace(self, layers=[layer.public() for layer in self.layers])

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 
 from mpc.atomic import write_npz
-from nn import layers as L
 from nn.describe import checked, describe
 from nn.errors import ModelDescriptionError, ModelFileError
 from nn.model import SecureModel
@@ -62,12 +61,7 @@ class ModelFile:
 
 def _members(model: SecureModel) -> dict[str, tuple[int, ...]]:
     """Array name -> shape of every weight and bias, in layer order."""
-    out = {}
-    for k, layer in enumerate(model.layers):
-        if isinstance(layer, L._Affine):
-            out[f"weight/{k}"] = tuple(layer.weight_shape)
-            out[f"bias/{k}"] = tuple(layer.bias_shape)
-    return out
+    return {f"{key}/{k}": shape for k, key, shape in model.parameter_slots()}
 
 
 def save(path: str | os.PathLike, model: SecureModel, features: dict[str, Any] | None = None,

@@ -39,6 +39,7 @@ class Op:
     args: tuple = ()  # the call's arguments, tensors replaced by None
     kwargs: dict = field(default_factory=dict)
     shape: tuple[int, ...] = ()  # torch output shape, batch axis included
+    node: str = ""  # the fx node's name, to find its value when the graph runs
 
     @property
     def name(self) -> str:
@@ -146,8 +147,8 @@ def trace(module: Any, input_shape: tuple[int, ...]) -> Traced:
         target = graph_module.get_submodule(node.target) if node.op == "call_module" \
             else node.target
         op = Op(len(ops), "", target, node.op.replace("call_", ""), inputs,
-                _constant_args(node.args, index_of), _constant_kwargs(node.kwargs, index_of),
-                tuple(int(d) for d in meta.shape))
+                _constant(node.args), _constant(node.kwargs),
+                tuple(int(d) for d in meta.shape), node.name)
         named = f" at position {node.target}" if node.op == "call_module" else ""
         op.where = f"{op.name}{named}{_user_line(node.stack_trace)}"
         index_of[node] = op.index
@@ -217,20 +218,16 @@ def _tensor_args(node: Any) -> list[Any]:
     return found
 
 
-def _constant(value: Any, index_of: dict[Any, int]) -> Any:
+def _constant(value: Any) -> Any:
+    """A call's arguments with every node (a tensor or a traced number) as None: shapes are
+    read from the traced shapes instead."""
     if hasattr(value, "op") and hasattr(value, "meta"):
-        return None  # a tensor or a traced number: read from shapes instead
+        return None
+    if isinstance(value, dict):
+        return {k: _constant(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_constant(v, index_of) for v in value)
+        return type(value)(_constant(v) for v in value)
     return value
-
-
-def _constant_args(args: tuple, index_of: dict[Any, int]) -> tuple:
-    return tuple(_constant(a, index_of) for a in args)
-
-
-def _constant_kwargs(kwargs: dict, index_of: dict[Any, int]) -> dict:
-    return {k: _constant(v, index_of) for k, v in kwargs.items()}
 
 
 def outputs(traced: Traced, inputs: np.ndarray) -> tuple[dict[int, np.ndarray], np.ndarray]:
@@ -239,7 +236,7 @@ def outputs(traced: Traced, inputs: np.ndarray) -> tuple[dict[int, np.ndarray], 
     from torch import fx
 
     values: dict[int, np.ndarray] = {}
-    by_name = {node.name: op.index for node, op in _pairs(traced)}
+    by_name = {op.node: op.index for op in traced.ops}
 
     class Recorder(fx.Interpreter):
         def run_node(self, node):
@@ -251,12 +248,3 @@ def outputs(traced: Traced, inputs: np.ndarray) -> tuple[dict[int, np.ndarray], 
     with torch.no_grad():
         out = Recorder(traced.graph_module).run(torch.as_tensor(inputs, dtype=torch.float32))
     return values, out.detach().double().numpy()
-
-
-def _pairs(traced: Traced) -> list[tuple[Any, Op]]:
-    """(fx node, op) for every op, in order."""
-    nodes = [n for n in traced.graph_module.graph.nodes
-             if n.op not in ("placeholder", "output", "get_attr")
-             and getattr(n.meta.get("tensor_meta"), "shape", None) is not None]
-    return list(zip(nodes, traced.ops, strict=True))
-
