@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import importing
-from mpc.errors import SottovoceError
+from mpc.errors import ConfigError, SottovoceError
 from protocols import registry
 
 DEFAULT_TIMEOUT = 60.0  # seconds a party waits for a peer; nn.inference.classify's default
@@ -104,6 +104,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    if args.cluster is not None:
+        if args.model is not None:
+            raise ConfigError("--model and --cluster exclude each other: a service serves "
+                              "the model its owner published")
+        from experiments.service.client import classify
+
+        labels = classify(args.cluster, args.clips, client=args.client)
+        if args.json:
+            print(json.dumps([{"clip": c, "label": lab} for c, lab in zip(args.clips, labels,
+                                                                         strict=True)]))
+        else:
+            for clip, label in zip(args.clips, labels, strict=True):
+                print(f"{clip}: {label}")
+        return 0
+    if args.model is None:
+        raise ConfigError("classify needs --model MODEL.npz (here) or --cluster FILE (a "
+                          "running service)")
     return _classify_clips([Path(p) for p in args.clips], Path(args.model), args.scheme,
                            args.transport, args.parties, args.json, None, args.timeout)
 
@@ -294,8 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(fn=cmd_demo)
     classify = sub.add_parser("classify", help="classify your clips with a model file")
     classify.add_argument("clips", nargs="+", help="audio files to classify")
-    classify.add_argument("--model", required=True, metavar="MODEL.npz",
+    classify.add_argument("--model", metavar="MODEL.npz",
                           help="a model file (make one with `sottovoce import`)")
+    classify.add_argument("--cluster", metavar="FILE",
+                          help="classify with a running service instead (its cluster file; "
+                          "README \"A service\")")
+    classify.add_argument("--client", help="with --cluster: the [[client]] entry whose key "
+                          "this host holds (default: the first whose key is here)")
     common(classify, "tcp")
     classify.set_defaults(fn=cmd_classify)
     keys = sub.add_parser("keys", help="make this host's key for one role of a deployment "
@@ -352,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--json", action="store_true")
     client.set_defaults(fn=cmd_client)
     importing.add_parser(sub)
+    from experiments.service import commands as service_commands
+
+    service_commands.add_parsers(sub)
     bench = sub.add_parser("bench", help="run the benchmarks (make bench)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(fn=cmd_bench)

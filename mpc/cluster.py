@@ -34,7 +34,7 @@ import os
 import socket
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,9 @@ from mpc.runtime import RunConfig, Runtime, make_runtime
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_KEYS = "keys"
 _CLUSTER_KEYS = {"timeout", "connect_timeout", "scheme", "compute_parties", "keys"}
-_PARTY_KEYS = {"id", "host", "port", "fingerprint", "cert", "key", "bind"}
+_PARTY_KEYS = {"id", "host", "port", "fingerprint", "cert", "key", "bind", "service_port"}
+#: Tables a service reads (experiments/service/config.py validates them).
+SERVICE_TABLES = ("service", "client")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class PartySpec:
     fingerprint: str
     tls: TlsFiles | None = None  # this endpoint's own files, when the file names them
     bind: str | None = None  # listening address, when it differs from `host`
+    service_port: int | None = None  # where a service's clients reach this endpoint
 
     @property
     def address(self) -> tuple[str, int]:
@@ -76,6 +79,8 @@ class Cluster:
     scheme: str | None = None  # deployments name the scheme and how many compute parties
     compute_parties: int | None = None
     keys: Path | None = None  # this host's key folder (default: "keys" next to the file)
+    #: the service's tables as read ([service], [[client]]); experiments.service checks them
+    tables: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_endpoints(self) -> int:
@@ -143,10 +148,11 @@ def load_cluster(path: str | os.PathLike[str]) -> Cluster:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
-    unknown = set(data) - {"cluster", "party"}
+    unknown = set(data) - {"cluster", "party", *SERVICE_TABLES}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level entries {sorted(unknown)}; "
-                          "expected [cluster] and [[party]]")
+                          "expected [cluster], [[party]] and, for a service, [service] and "
+                          "[[client]]")
     table = data.get("cluster", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: cluster must be a table ([cluster])")
@@ -216,7 +222,14 @@ def load_cluster(path: str | os.PathLike[str]) -> Cluster:
         if "cert" in entry:
             own_files[pid] = (_file(path, where, "cert", entry["cert"]),
                               _file(path, where, "key", entry["key"]))
-        parties[pid] = PartySpec(host=host, port=port, fingerprint=pin, bind=bind)
+        service_port = entry.get("service_port")
+        if service_port is not None and (isinstance(service_port, bool)
+                                         or not isinstance(service_port, int)
+                                         or not 1 <= service_port <= 65535):
+            raise ConfigError(f"{path}: {where} service_port must be an integer in 1..65535, "
+                              f"got {service_port!r}")
+        parties[pid] = PartySpec(host=host, port=port, fingerprint=pin, bind=bind,
+                                 service_port=service_port)
 
     missing_ids = [pid for pid in range(len(parties)) if pid not in parties]
     if missing_ids:
@@ -235,7 +248,7 @@ def load_cluster(path: str | os.PathLike[str]) -> Cluster:
         parties[pid] = replace(parties[pid], tls=TlsFiles(cert=cert, key=key, pins=pins))
     return Cluster(parties=dict(sorted(parties.items())), timeout=timeout, path=path,
                    connect_timeout=connect_timeout, scheme=scheme, compute_parties=compute,
-                   keys=key_folder)
+                   keys=key_folder, tables={k: data[k] for k in SERVICE_TABLES if k in data})
 
 
 def _toml_string(value: str) -> str:

@@ -55,6 +55,10 @@ class Runtime:
     channel: Channel
     pair_keys: dict[int, bytes]
     private_prg: PRG = field(default_factory=PRG.fresh)
+    #: Keys of the MAC key, when values authenticated under it outlive this runtime (a
+    #: service's published weights): by peer, those shared with each peer; under this
+    #: endpoint's own id, its private one. None: the MAC key comes from this run's keys.
+    mac_keys: dict[int, bytes] | None = None
 
     @property
     def n_parties(self) -> int:
@@ -69,6 +73,13 @@ class Runtime:
         if not self.config.dealer:
             raise ValueError("this computation has no dealer")
         return self.config.n_parties
+
+    def mac_prg(self, peer: int, purpose: str) -> PRG:
+        """The PRG a MAC key is drawn from: from `mac_keys` if set, else as `pair_prg`
+        (`peer` = this endpoint's own id: its private PRG)."""
+        if self.mac_keys is not None:
+            return PRG(self.mac_keys[peer]).derive(purpose)
+        return self.private_prg if peer == self.party_id else self.pair_prg(peer, purpose)
 
     def pair_prg(self, peer: int, purpose: str) -> PRG:
         """A PRG this party shares with `peer`, independent for each `purpose`."""

@@ -90,7 +90,8 @@ def agreed(copies: dict[int, np.ndarray], channel: Channel, what: str) -> np.nda
 def input_pieces(protocol: Protocol, source: int, shape: tuple[int, ...]) -> np.ndarray:
     """Each party receives its piece from `source` and inputs it; the sum is the value."""
     channel = protocol.channel
-    piece = channel.recv(source, expect=Expect.uint64(shape))
+    piece = channel.receive_external(source, shape, "as its piece of an input",
+                                     tuple(range(protocol.n_parties)), same=False)
     total = None
     for owner in range(protocol.n_parties):
         term = protocol.input(piece if owner == protocol.party_id else None, owner, shape)

@@ -133,12 +133,15 @@ def _san(hosts: Iterable[str]) -> x509.SubjectAlternativeName:
 
 
 def make_identity(directory: str | Path, endpoint: int, hosts: Iterable[str] = (),
-                  valid_from_days: float = 0.0, replace: bool = False) -> Identity:
+                  valid_from_days: float = 0.0, replace: bool = False,
+                  name: str | None = None) -> Identity:
     """Make endpoint `endpoint`'s key and self-signed certificate in `directory`:
     `party-<id>.key` (mode 0600), `party-<id>.pem` and `party-<id>.fingerprint` (the key's
     fingerprint, the only thing peers need). `hosts` go into the certificate's subject
     alternative names (informative: peers identify the key, not the host);
-    `valid_from_days` shifts the validity window (tests make expired certificates with it)."""
+    `valid_from_days` shifts the validity window (tests make expired certificates with it);
+    `name` replaces `party-<id>` as the files' stem and the certificate's name (a service's
+    clients: `client-<name>`)."""
     if endpoint < 0:
         raise ConfigError(f"endpoint id must be non-negative, got {endpoint}")
     directory = Path(directory)
@@ -148,7 +151,8 @@ def make_identity(directory: str | Path, endpoint: int, hosts: Iterable[str] = (
     host_names = ["localhost", "127.0.0.1"]
     host_names += [h for h in hosts if h and h not in host_names]
     cert = (x509.CertificateBuilder()
-            .subject_name(_name(party_name(endpoint))).issuer_name(_name(party_name(endpoint)))
+            .subject_name(_name(name or party_name(endpoint)))
+            .issuer_name(_name(name or party_name(endpoint)))
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=VALIDITY_DAYS))
@@ -158,7 +162,7 @@ def make_identity(directory: str | Path, endpoint: int, hosts: Iterable[str] = (
                                                   x509.ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .sign(key, hashes.SHA256()))
-    stem = directory / party_name(endpoint)
+    stem = directory / (name or party_name(endpoint))
     key_path, cert_path = stem.with_suffix(".key"), stem.with_suffix(".pem")
     _write_private(key_path, key.private_bytes(serialization.Encoding.PEM,
                                                serialization.PrivateFormat.PKCS8,

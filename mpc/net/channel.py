@@ -9,6 +9,7 @@ name endpoints by role ("party 1", "the dealer", "the client"), from `names`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -92,6 +93,11 @@ class Channel:
         self._recv_seq = dict.fromkeys(self.peers, 0)
         self._closed = False
         self._limits = dict.fromkeys(self.peers, framing.DEFAULT_MAX_PAYLOAD)
+        # outside endpoints whose failure fails only their own request (a service's clients,
+        # see `receive_external`), and those that failed, with the reason
+        self.tolerant: set[int] = set()
+        self.dropped: dict[int, str] = {}
+        self.tolerant_timeout = self.timeout
 
     # -- transport hooks ---------------------------------------------------------------
     def _send_frame(self, peer: int, header: bytes, payload: np.ndarray) -> None:
@@ -134,6 +140,10 @@ class Channel:
                              f"{buffered} more buffered; at most {self._limits[peer]} bytes "
                              f"may be buffered from {self.who(peer)} at this step")
 
+    def frames_sent(self, peer: int) -> int:
+        """How many frames this endpoint has sent `peer` (the next one's sequence number)."""
+        return self._send_seq[peer]
+
     def role(self, endpoint: int) -> str:
         """`endpoint`'s role name, for messages: "party 0", "dealer", "client", ..."""
         return role_name(self.names, endpoint)
@@ -162,10 +172,18 @@ class Channel:
 
     def _send(self, peer: int, array: np.ndarray) -> None:
         self._check_peer(peer)
+        if peer in self.dropped:  # a failed outside endpoint: nothing more goes to it
+            return
         array = np.asarray(array, order="C")  # ascontiguousarray makes 0-d 1-d
         header = framing.encode_header(array, self._send_seq[peer])
         self._send_seq[peer] += 1
-        self._send_frame(peer, header, array)
+        try:
+            self._send_frame(peer, header, array)
+        except (PeerLost, PeerTimeout) as exc:
+            if peer not in self.tolerant:
+                raise
+            self.dropped[peer] = str(exc)
+            return
         self.traffic.bytes_sent += len(header) + array.nbytes
         self.traffic.messages_sent += 1
 
@@ -222,6 +240,47 @@ class Channel:
         if missing:
             raise ValueError(f"no expectation for what endpoint {missing[0]} sends")
         return {p: _as_expect(expect[p]) for p in sources}
+
+    def receive_external(self, source: int, shape: tuple[int, ...], what: str,
+                         parties: tuple[int, ...], same: bool = True,
+                         outgoing: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
+        """The ring elements (uint64, `shape`) an outside endpoint sends a compute party as
+        its part of an input (after `outgoing`, in the same round).
+
+        For a tolerant source (a service's client) a failure fails that source alone: what
+        did not arrive, arrived malformed or late (`tolerant_timeout`), becomes zeros, and
+        the compute parties `parties` then tell each other in one more round whether it
+        arrived (and, if every party got the `same` value, its hash). If any party says no,
+        or the hashes differ, every party records the source in `dropped` and uses zeros:
+        all of them at the same point of the protocol, so the computation of everyone else's
+        inputs goes on in step. Anything else is an error as for `recv`."""
+        for peer, array in (outgoing or {}).items():  # one round with the receive below
+            self._send(peer, array)
+        expect = Expect.uint64(shape)
+        if source not in self.tolerant:
+            return self.recv(source, expect=expect, what=what)
+        value, reason = None, self.dropped.get(source)
+        if reason is None:
+            timeout, self.timeout = self.timeout, self.tolerant_timeout
+            try:
+                value = self.recv(source, expect=expect, what=what)
+            except (PeerLost, PeerTimeout, ProtocolError) as exc:
+                reason = str(exc)
+            finally:
+                self.timeout = timeout
+        verdict = np.zeros(5, dtype=np.uint64)
+        if value is not None:
+            verdict[0] = 1
+            if same:
+                verdict[1:] = np.frombuffer(hashlib.sha256(value.tobytes()).digest(), np.uint64)
+        others = [p for p in parties if p != self.party_id]
+        heard = self.exchange(dict.fromkeys(others, verdict), expect=Expect.uint64((5,)),
+                              what=f"as its verdict on what {self.who(source)} sent")
+        if value is not None and all(np.array_equal(v, verdict) for v in heard.values()):
+            return value
+        self.dropped[source] = reason or (f"{self.who(source)}'s input did not reach every "
+                                          "compute party intact")
+        return np.zeros(shape, dtype=np.uint64)
 
     def send_bytes(self, peer: int, data: bytes) -> None:
         """Send raw bytes (control messages, keys) as a uint8 array."""

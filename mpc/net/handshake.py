@@ -24,7 +24,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -278,6 +278,9 @@ class Acceptor:
         self.creds, self.listener, self.expected = creds, listener, expected
         self.progress, self.handshake_timeout = progress, handshake_timeout
         self.links: dict[int, ssl.SSLSocket] = {}
+        #: If set, each authenticated link is handed to it (a service's front door, where one
+        #: key may hold several links at once) instead of being kept in `links`.
+        self.on_link: Callable[[int, ssl.SSLSocket], None] | None = None
         self.heard: set[int] = set()
         self.problems: list[str] = []
         self._stopped = False
@@ -336,6 +339,7 @@ class Acceptor:
         log.warning("%s: %s", self.creds.role(self.creds.me), text)
         with self.progress:
             self.problems.append(text)
+            del self.problems[:-100]  # a long-running acceptor keeps the latest only
             self.progress.notify_all()
 
     def _handshake(self, raw: socket.socket, address: tuple) -> None:
@@ -353,6 +357,9 @@ class Acceptor:
             self._problem(f"dropped a connection from {where}: its handshake failed: {exc}")
             raw.close()
         else:
+            if self.on_link is not None and not self._stopped:
+                self.on_link(peer, sock)
+                return
             with self.progress:
                 if self._stopped:
                     sock.close()

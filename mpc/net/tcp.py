@@ -174,8 +174,58 @@ class TcpChannel(Channel):
         self._torn: set[int] = set()  # outgoing links a frame was cut short on
         self._waiting_for: int | None = None
         self._keepalive: KeepAlive | None = None
+        self._heard = dict.fromkeys(self.incoming, now)  # when each peer last sent a byte
         for sock in [*self.outgoing.values(), *self.incoming.values()]:
             sock.setblocking(False)
+
+    # -- links added while running (a service's clients) ------------------------------------
+    def attach(self, peer: int, sock: ssl.SSLSocket, name: str, received: int = 0,
+               sent: int = 0, max_bytes: int = 0) -> None:
+        """Add a link to `peer` over one TLS socket used both ways (a client that dialled
+        this party), after `received` frames read from it and `sent` written to it by hand.
+        It gets no keep-alives (one thread must not write while another reads one TLS
+        socket); `max_bytes` is what it may have buffered here (`limit`)."""
+        if peer in self._send_seq:
+            raise ValueError(f"{self.role(self.party_id)} already has a link to endpoint {peer}")
+        sock.setblocking(False)
+        self.names = {**self.names, peer: name}
+        self.peers = (*self.peers, peer)
+        self.outgoing[peer] = self.incoming[peer] = sock
+        self._send_seq[peer], self._recv_seq[peer] = sent, received
+        self._limits[peer] = max_bytes
+        reader = _FrameReader(self.max_payload, functools.partial(self.limit_of, peer),
+                              functools.partial(self._over_limit, peer))
+        reader.sequence = received
+        self._readers[peer] = reader
+        self._locks[peer] = threading.Lock()
+        self._last_sent[peer] = self._heard[peer] = time.monotonic()
+
+    def detach(self, peer: int) -> ssl.SSLSocket:
+        """Remove the link `attach` added (the socket is returned, not closed)."""
+        sock = self.incoming.pop(peer)
+        self.outgoing.pop(peer)
+        self.peers = tuple(p for p in self.peers if p != peer)
+        for table in (self._send_seq, self._recv_seq, self._limits, self._readers, self._locks,
+                      self._last_sent, self._failure, self._pending, self.dropped, self._heard):
+            table.pop(peer, None)
+        self._torn.discard(peer)
+        self.tolerant.discard(peer)
+        return sock
+
+    def silent_for(self, peer: int) -> float:
+        """Seconds since `peer` last sent anything (a frame or a keep-alive)."""
+        self._read_available(peer)
+        return time.monotonic() - self._heard.get(peer, time.monotonic())
+
+    def failure(self) -> Exception | None:
+        """Read what every link has (keep-alives, or an abort while idle) and return the
+        first link failure recorded, as this endpoint's error; None if every link is whole."""
+        for peer in self.incoming:
+            self._read_available(peer)
+        for peer in self.incoming:
+            if peer in self._failure:
+                return self._in_context(self._failure[peer])
+        return None
 
     # -- keep-alives -----------------------------------------------------------------------
     def start_keepalive(self, interval: float | None = None) -> KeepAlive:
@@ -230,6 +280,7 @@ class TcpChannel(Channel):
                     return progressed
                 reader.advance(n)
                 progressed = True
+                self._heard[peer] = time.monotonic()
         except _WOULD_BLOCK:
             return progressed
         except PeerAborted as exc:
@@ -477,3 +528,32 @@ def connect(party_id: int, addresses: dict[int, Address], tls: TlsFiles,
     if keepalive:
         channel.start_keepalive()
     return channel
+
+
+def over_sockets(party_id: int, links: Mapping[int, ssl.SSLSocket], names: Mapping[int, str],
+                 timeout: float, received: int = 0, sent: int = 0) -> TcpChannel:
+    """A channel over one TLS socket per peer, used both ways (a client that dialled every
+    server of a service), after `received` frames read from and `sent` written to each by
+    hand."""
+    channel = TcpChannel(party_id=party_id, peers=tuple(sorted(links)), timeout=timeout,
+                         names=dict(names), outgoing=dict(links), incoming=dict(links))
+    channel.start()
+    for peer in links:
+        channel._send_seq[peer], channel._recv_seq[peer] = sent, received
+        channel._readers[peer].sequence = received
+    return channel
+
+
+def send_frame_blocking(sock: ssl.SSLSocket, array: np.ndarray, sequence: int) -> None:
+    """One frame on a blocking socket (a service's hello and replies, before the link joins
+    a channel)."""
+    array = np.asarray(array, order="C")
+    sock.sendall(framing.encode_header(array, sequence) + array.tobytes())
+
+
+def read_frame_blocking(sock: ssl.SSLSocket, sequence: int, max_payload: int) -> np.ndarray:
+    """One frame from a blocking socket (with its timeout); PeerLost if the stream ends."""
+    frame = _read_frame(sock, sequence, max_payload)
+    if frame is None:
+        raise PeerLost("the connection closed")
+    return frame

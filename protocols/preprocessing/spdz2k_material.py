@@ -263,14 +263,15 @@ def outside_masks(plan: list[Request], n_parties: int, prgs: Mapping[int, PRG]
 
 
 def serve(plan: list[Request], prgs: list[PRG], known: list[PRG], private: PRG,
-          channel: Channel, last_party: int) -> int:
-    """Dealer: draw alpha (in Z_2^64), send every outside endpoint its masks (in plan order,
+          channel: Channel, last_party: int, mac: PRG | None = None) -> int:
+    """Dealer: draw alpha (in Z_2^64; from `mac` if given, so that values stored under it
+    stay valid across runs), send every outside endpoint its masks (in plan order,
     first: they are small, and the client and the model owner can then go on while the rest
     is dealt), deal the plan, send the last party its corrections and, if the plan has
     2-party comparisons, every party the DCF correction words.
     Returns the number of words sent."""
     n_parties = len(prgs)
-    alpha = r128.lift(private.ring_elements((1,)))[:, 0]
+    alpha = r128.lift((mac or private).ring_elements((1,)))[:, 0]
     keys = {e: private.random_bytes(KEY_BYTES) for e in outside_endpoints(plan, n_parties)}
     outside_words = 0
     with channel.stage("masks for the outside endpoints"):

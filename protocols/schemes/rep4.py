@@ -616,10 +616,9 @@ class Rep4(Protocol):
         seeds = {j: self._mask(j, SEED_WORDS) for j in range(N)}
         held = [(self.party_id + 1 + c) % N for c in range(3)]
         what = f"input from {self.channel.who(source)}"
-        got = self.channel.exchange({source: np.concatenate([seeds[j] for j in held])},
-                                    (source,), expect=Expect.uint64(shape),
-                                    what=f"as the masked {what}")
-        masked = got[source]
+        masked = self.channel.receive_external(
+            source, shape, f"as the masked {what}", tuple(range(N)),
+            outgoing={source: np.concatenate([seeds[j] for j in held])})
         digest = external.digest(masked)
         for peer in self.peers:
             self._vouch(peer, digest, what)

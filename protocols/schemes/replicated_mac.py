@@ -148,8 +148,9 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         # party draws the same sizes from both in the same order, so the streams stay in step
         self.key_own = runtime.pair_prg(self.prev, "replicated_mac/k")
         self.key_next = runtime.pair_prg(self.next, "replicated_mac/k")
-        self.alpha = np.concatenate([self.key_own.derive("alpha").ring_elements(2),
-                                     self.key_next.derive("alpha").ring_elements(2)])
+        self.alpha = np.concatenate([
+            runtime.mac_prg(self.prev, "replicated_mac/k").derive("alpha").ring_elements(2),
+            runtime.mac_prg(self.next, "replicated_mac/k").derive("alpha").ring_elements(2)])
         self._pending: list[np.ndarray] = []  # authenticated (8, n) values not yet weighed
         self._acc = np.zeros(8, dtype=U64)  # sum of chi_j [z_j] over the weighed ones
         self._weighed = False
@@ -536,8 +537,8 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         (mac,) = self._round([(alpha, v, MUL)], f"the mask of the {what}")
         r = _auth(v, mac)
         self._log(r)
-        masked = self.channel.recv(source, expect=Expect.uint64(shape),
-                                   what=f"as the masked {what}")
+        masked = self.channel.receive_external(source, shape, f"as the masked {what}",
+                                               (0, 1, 2))
         self._vouch_received(masked)
         return self.add_public(r, masked)
 

@@ -169,7 +169,9 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         n = runtime.n_parties
         prgs = [runtime.pair_prg(p, "spdz2k/dealer") for p in range(n)]
         known = [runtime.pair_prg(p, "spdz2k/known") for p in range(n)]
-        material.serve(plan, prgs, known, runtime.private_prg, runtime.channel, n - 1)
+        mac = (None if runtime.mac_keys is None
+               else runtime.mac_prg(runtime.party_id, "spdz2k/alpha"))
+        material.serve(plan, prgs, known, runtime.private_prg, runtime.channel, n - 1, mac)
 
     # -- local linear arithmetic (mod 2^128, value and MAC alike) -------------------------
     def public_bilinear(self, x: np.ndarray, value: np.ndarray, op: BilinearOp,
@@ -259,7 +261,8 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         shape = tuple(shape)
         self._check_outside(source)
         m = self.material.take(Request("input", shape, (source,)))
-        c = self.channel.recv(source, expect=Expect.uint64(shape), what="as its masked input")
+        c = self.channel.receive_external(source, shape, "as its masked input",
+                                          tuple(range(self.n_parties)))
         external.confirm_same(self.channel, tuple(range(self.n_parties)), c,
                               f"masked input from {self.channel.who(source)}")
         self.mac.broadcast_seen(c)

@@ -1,0 +1,391 @@
+"""One role of a service (a compute party or the dealer), running until stopped.
+
+The roles form a mesh (mutual TLS, every peer pinned) and keep it; party 0 coordinates. It
+waits for complete requests at its front door, lets a batch gather for the window, and sends
+every role the batch's list. Each role answers with what it holds of each listed request
+(arrived, and a hash of what was asked), so all roles keep exactly the requests every role
+received alike; the others are refused. The kept clients are attached to every role's
+channel as endpoints `base + k` and the batch runs as one computation with its own keys,
+derived from the session's for this batch alone.
+
+A client that fails during its batch (gone, silent past `client_timeout`, malformed) is
+dropped at the same point by every compute party (`Channel.receive_external`) and the
+batch goes on for the others. Any other failure (a peer lost, a deviation detected) ends the
+session at every role: the batch's clients and every queued request are told why, and the
+roles form the mesh again, waiting for whoever is missing; published models stay on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from experiments.service import messages
+from experiments.service.config import ServiceConfig, load_service
+from experiments.service.frontdoor import FrontDoor, Request, close
+from experiments.service.programs import Batch, Publish, parameter_count
+from experiments.service.state import Published, Store
+from mpc.cluster import start_party
+from mpc.errors import PeerTimeout, ProtocolError, SottovoceError
+from mpc.limits import external_value_bytes
+from mpc.net.expect import BYTES, Expect
+from mpc.prg import KEY_BYTES, PRG
+from mpc.runtime import RunConfig, Runtime, agree_pair_keys
+from nn.describe import from_description
+from protocols.run import party_role, plan_of
+
+log = logging.getLogger("sottovoce.service")
+_DOCUMENT = BYTES
+_IDLE_TICK = 0.25  # seconds between looks at the stop flag and the links while idle
+
+
+def _send_op(channel, peers, op: dict) -> None:
+    import json
+
+    data = np.frombuffer(json.dumps(op).encode(), dtype=np.uint8)
+    channel.exchange(dict.fromkeys(peers, data), ())
+
+
+class Server:
+    """Role `me` of the service in `config`."""
+
+    def __init__(self, config: ServiceConfig, me: int) -> None:
+        self.config, self.me = config, me
+        self.name = config.name_of(me)
+        self.is_dealer = me == config.dealer
+        self.store = Store(config.state_of(me))
+        self.versions: dict[str, Published] = {}
+        self.current: Published | None = self.store.load_current()
+        if self.current is not None:
+            self.versions[self.current.version] = self.current
+        self.stopping = threading.Event()
+        self.ready = False
+        self.state = "starting"
+        self.served = self.batches = 0
+        self.last_error: str | None = None
+        self.front = FrontDoor(config, me, self._describe, self._status, self._refusal)
+
+    # -- what the front door asks ----------------------------------------------------------
+    def _describe(self) -> dict | None:
+        current = self.current
+        if current is None:
+            return None
+        return {"version": current.version, **current.description}
+
+    def _refusal(self) -> str | None:
+        if self.stopping.is_set():
+            return "the service is stopping"
+        if not self.ready:
+            return f"the service is not ready ({self.state})"
+        return None
+
+    def _status(self) -> dict:
+        return {"role": self.name, "scheme": self.config.scheme.name, "ready": self.ready,
+                "state": self.state, "version": self.current and self.current.version,
+                "versions": sorted(self.versions), "requests_served": self.served,
+                "batches": self.batches, "queued": len(self.front.pending),
+                "last_error": self.last_error, "preprocessing_pool": 0}
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until `stopping` is set (SIGTERM, SIGINT): finish the batch under way,
+        refuse new requests, tell the others."""
+        host, port = self.front.start()
+        log.info("%s: listening for clients on %s:%d (scheme %s, model %s)", self.name, host,
+                 port, self.config.scheme.name,
+                 self.current.version if self.current else "not yet published")
+        try:
+            while not self.stopping.is_set():
+                runtime = self._form_mesh()
+                if runtime is None:
+                    break
+                try:
+                    with runtime.channel:
+                        self._session(runtime)
+                except SottovoceError as exc:
+                    self.last_error = str(exc)
+                    self.ready, self.state = False, f"session ended: {exc}"
+                    log.warning("%s: session ended: %s", self.name, exc)
+                    self.front.fail_all(f"{self.name}: {type(exc).__name__}: {exc}")
+                self.ready = False
+        finally:
+            self.ready, self.state = False, "stopped"
+            self.front.fail_all(f"{self.name}: the service is stopping")
+            self.front.stop()
+            log.info("%s: stopped after %d requests", self.name, self.served)
+
+    def _form_mesh(self) -> Runtime | None:
+        config = RunConfig(n_parties=self.config.compute, timeout=self.config.cluster.timeout,
+                           dealer=self.config.scheme.dealer)
+        while not self.stopping.is_set():
+            others = [self.config.name_of(p) for p in self.config.servers if p != self.me]
+            self.state = f"waiting for {', '.join(others)}"
+            log.info("%s: %s", self.name, self.state)
+            try:
+                runtime = start_party(self.config.cluster, self.me, config)
+            except PeerTimeout as exc:
+                log.info("%s: still waiting: %s", self.name, exc)
+                continue
+            self.ready, self.state = True, "ready"
+            log.info("%s: ready", self.name)
+            return runtime
+        return None
+
+    def _session(self, runtime: Runtime) -> None:
+        channel = runtime.channel
+        peers = [p for p in channel.peers]
+        seq = 0
+        while True:
+            if self.me == 0:
+                op = self._next_op(channel, seq)
+                if op is None:
+                    continue
+                _send_op(channel, peers, op)
+            else:
+                op = self._await_op(channel)
+            if op["op"] == "stop":
+                return
+            self._run_op(runtime, op)
+            seq += 1
+
+    # -- the coordinator -----------------------------------------------------------------
+    def _next_op(self, channel, seq: int) -> dict | None:
+        """The next batch (or publish, or stop), once requests are queued and the window of
+        the oldest has passed; None after an idle tick (the links are checked meanwhile)."""
+        front = self.front
+        with front.changed:
+            if not front.pending and not self.stopping.is_set():
+                front.changed.wait(_IDLE_TICK)
+        failure = channel.failure()
+        if failure is not None:
+            raise failure
+        if self.stopping.is_set():
+            return {"op": "stop"}
+        with front.changed:
+            queued = sorted(front.pending.values(), key=lambda r: r.arrived)
+        if not queued:
+            return None
+        oldest = queued[0]
+        wait = oldest.arrived + self.config.window - time.monotonic()
+        if wait > 0 and oldest.kind == "classify":
+            time.sleep(wait)
+            with front.changed:
+                queued = sorted(front.pending.values(), key=lambda r: r.arrived)
+        if oldest.kind == "publish":
+            return {"op": "publish", "seq": seq, "requests": [[oldest.client, oldest.rid]]}
+        chosen, clips = [], 0
+        for request in queued:
+            if request.kind != "classify" or request.version != oldest.version:
+                continue
+            if clips + request.clips > self.config.max_batch:
+                break
+            chosen.append([request.client, request.rid])
+            clips += request.clips
+        return {"op": "batch", "seq": seq, "version": oldest.version, "requests": chosen}
+
+    def _await_op(self, channel) -> dict:
+        """The coordinator's next message; while idle, look at the stop flag every tick."""
+        import json
+
+        timeout = channel.timeout
+        try:
+            while True:
+                if self.stopping.is_set():
+                    return {"op": "stop"}
+                if channel.silent_for(0) > timeout:
+                    raise PeerTimeout(f"{self.name}: party 0 sent nothing for {timeout:g} s "
+                                      "(waiting for the next batch)")
+                channel.timeout = _IDLE_TICK
+                try:
+                    raw = channel.recv(0, expect=_DOCUMENT, what="as the next batch")
+                except PeerTimeout:
+                    continue
+                finally:
+                    channel.timeout = timeout
+                try:
+                    op = json.loads(raw.tobytes().decode())
+                except ValueError as exc:
+                    raise ProtocolError(f"party 0 sent a malformed batch: {exc}") from None
+                if not isinstance(op, dict) or op.get("op") not in ("stop", "batch", "publish"):
+                    raise ProtocolError(f"party 0 sent an unknown operation {op!r:.80}")
+                return op
+        finally:
+            channel.timeout = timeout
+
+    # -- every role ----------------------------------------------------------------------
+    def _agree(self, channel, op: dict) -> list[Request]:
+        """The listed requests every role holds alike (in the coordinator's order)."""
+        keys = [tuple(k) for k in op.get("requests", [])]
+        wait = 0.0 if self.me == 0 else self.config.client_timeout
+        held = self.front.take(keys, wait)
+        rows = np.zeros((len(keys), 5), dtype=np.uint64)
+        for k, key in enumerate(keys):
+            request = held.get(key)
+            usable = request is not None and (op["op"] == "publish"
+                                              or request.version in self.versions)
+            if usable:
+                rows[k, 0], rows[k, 1:] = 1, request.digest()
+        others = [p for p in channel.peers]
+        with channel.stage("agreeing on the batch"):
+            heard = channel.exchange(dict.fromkeys(others, rows),
+                                     expect=Expect.uint64((len(keys), 5)),
+                                     what="as its list of the batch's requests")
+        kept = []
+        for k, key in enumerate(keys):
+            request = held.get(key)
+            if request is None:
+                continue
+            if rows[k, 0] and all(np.array_equal(h[k], rows[k]) for h in heard.values()):
+                kept.append(request)
+            else:
+                request.refuse(f"{self.name}: the request did not reach every role of the "
+                               "service alike; send it again")
+        return kept
+
+    def _run_op(self, runtime: Runtime, op: dict) -> None:
+        requests = self._agree(runtime.channel, op)
+        if not requests:
+            return
+        if op["op"] == "publish":
+            self._publish(runtime, int(op["seq"]), requests[0])
+        else:
+            self._batch(runtime, int(op["seq"]), self.versions[op["version"]], requests)
+
+    def _batch_runtime(self, runtime: Runtime, seq: int, mac_keys: dict[int, bytes]
+                       ) -> Runtime:
+        """A runtime for one batch: keys of its own, derived from the session's."""
+        keys = {p: PRG(k).derive(f"service batch {seq}").random_bytes(KEY_BYTES)
+                for p, k in runtime.pair_keys.items()}
+        return Runtime(party_id=self.me, config=runtime.config, channel=runtime.channel,
+                       pair_keys=keys, mac_keys=mac_keys)
+
+    def _attach(self, channel, requests: list[Request], elements: list[int]) -> int:
+        base = len(self.config.servers)
+        channel.tolerant_timeout = self.config.client_timeout
+        for k, (request, size) in enumerate(zip(requests, elements, strict=True)):
+            channel.attach(base + k, request.sock, f"client {request.client}",
+                           request.received, request.sent, external_value_bytes(size))
+            channel.tolerant.add(base + k)
+        return base
+
+    def _detach(self, channel, requests: list[Request], base: int,
+                error: BaseException | None = None, keep_open: bool = False) -> list[bool]:
+        """Release the clients; each one that failed is told why. Which ones succeeded
+        (their links stay open with `keep_open`, for a last word)."""
+        succeeded = []
+        for k, request in enumerate(requests):
+            reason = channel.dropped.get(base + k)
+            request.sent = channel.frames_sent(base + k)
+            channel.detach(base + k)
+            request.sock.setblocking(True)
+            if error is not None:
+                reason = f"{type(error).__name__}: {error}"
+            if reason is not None:
+                request.refuse(reason)
+            elif not keep_open:
+                close(request.sock)
+            succeeded.append(reason is None)
+        return succeeded
+
+    def _execute(self, runtime: Runtime, program: Any, plan: list) -> Any:
+        scheme = self.config.scheme
+        if self.is_dealer:
+            with np.errstate(over="ignore"):
+                scheme.protocol.serve_dealer(runtime, plan)
+            return None
+        return party_role(runtime, scheme, program, plan)
+
+    def _batch(self, runtime: Runtime, seq: int, published: Published,
+               requests: list[Request]) -> None:
+        model = published.model
+        channel = runtime.channel
+        per_clip = int(np.prod(model.input_shape, dtype=np.int64))
+        base = self._attach(channel, requests, [r.clips * per_clip for r in requests])
+        sizes = [r.clips for r in requests]
+        before = channel.traffic.copy()
+        start = time.perf_counter()
+        try:
+            plan = plan_of(Batch(model, sizes, base), self.config.compute, self.config.scheme)
+            report = self._execute(self._batch_runtime(runtime, seq, published.mac_keys),
+                                   Batch(model, sizes, base, published.shares), plan)
+        except BaseException as exc:
+            self._detach(channel, requests, base, exc)
+            raise
+        succeeded = self._detach(channel, requests, base)
+        spent = channel.traffic - before
+        online = report.online_seconds if report is not None else time.perf_counter() - start
+        self.batches += 1
+        for request, ok in zip(requests, succeeded, strict=True):
+            self.served += ok
+            log.info("%s: request %s of client %s: %s, batch %d of %d clips, model %s, "
+                     "online %.1f ms, %d rounds, %d bytes", self.name, request.rid,
+                     request.client, "done" if ok else "dropped", seq, sum(sizes),
+                     published.version, 1000 * online, spent.rounds,
+                     spent.bytes_sent + spent.bytes_received)
+
+    def _publish(self, runtime: Runtime, seq: int, request: Request) -> None:
+        channel = runtime.channel
+        description = request.document or {}
+        model = from_description(description["model"])
+        size = parameter_count(model)
+        with channel.stage("keys of the published model"):
+            mac_keys = agree_pair_keys(channel)
+        mac_keys[self.me] = os.urandom(KEY_BYTES)
+        base = self._attach(channel, [request], [size])
+        try:
+            plan = plan_of(Publish(size, base), self.config.compute, self.config.scheme)
+            report = self._execute(self._batch_runtime(runtime, seq, mac_keys),
+                                   Publish(size, base), plan)
+        except BaseException as exc:
+            self._detach(channel, [request], base, exc)
+            raise
+        if not self._detach(channel, [request], base, keep_open=True)[0]:
+            log.warning("%s: publishing %s by client %s failed: the owner's input did not "
+                        "arrive intact", self.name, request.version, request.client)
+            return
+        shares = report.result if report is not None else np.zeros((0, 0), dtype=np.uint64)
+        published = Published(request.version, description, shares, mac_keys)
+        self.store.save(published)
+        try:  # the owner learns that this role serves the new version from now on
+            request.sock.settimeout(self.config.client_timeout)
+            messages.send(request.sock, {"stored": published.version}, request.sent)
+        except OSError:
+            pass
+        close(request.sock)
+        self.versions[published.version] = published
+        previous, self.current = self.current, published
+        # the previous version stays for requests already queued for it; older ones go
+        self.versions = {v: p for v, p in self.versions.items()
+                         if v == published.version or (previous and v == previous.version)}
+        log.info("%s: model %s published by client %s (%d weights), saved in %s", self.name,
+                 published.version, request.client, size, self.store.folder)
+
+
+def serve(cluster_path: str, endpoint: str) -> None:
+    """Run `endpoint` ("0", "1", ..., or "dealer") of the service in `cluster_path` until
+    SIGTERM or SIGINT."""
+    config = load_service(cluster_path)
+    me = config.dealer if endpoint == "dealer" else int(endpoint)
+    if me is None or me not in config.servers:
+        from mpc.errors import ConfigError
+
+        raise ConfigError(f"{config.cluster.path}: {endpoint!r} is not a role of this "
+                          f"{config.scheme.name} service (compute parties 0.."
+                          f"{config.compute - 1}{', dealer' if config.dealer is not None else ''})")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    server = Server(config, me)
+
+    def stop(signum: int, frame: object) -> None:
+        log.info("%s: %s received: finishing the batch under way, refusing new requests",
+                 server.name, signal.Signals(signum).name)
+        server.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.run()
