@@ -111,7 +111,8 @@ class Server:
                 except SottovoceError as exc:
                     self.last_error = str(exc)
                     self.ready, self.state = False, f"session ended: {exc}"
-                    log.warning("%s: session ended: %s", self.name, exc)
+                    log.warning("%s: session ended (%s): %s", self.name, type(exc).__name__,
+                                exc)
                     self.front.fail_all(f"{self.name}: {type(exc).__name__}: {exc}")
                 self.ready = False
         finally:
@@ -141,6 +142,7 @@ class Server:
         channel = runtime.channel
         peers = [p for p in channel.peers]
         seq = 0
+        channel.step = "waiting for the next batch"
         while True:
             if self.me == 0:
                 op = self._next_op(channel, seq)
