@@ -68,35 +68,53 @@ def _party_role(runtime: Runtime, scheme: Scheme, program: Program,
                 plan: list[Request], hook: Hook | None = None) -> PartyReport:
     if hook is not None:
         hook(runtime)
-    protocol = scheme.protocol(runtime)
-    channel = runtime.channel
-    bitslice.slice_bits(np.zeros(64, dtype=np.uint64))  # load the kernel before timing
     start = time.perf_counter()
-    protocol.preprocess(plan)
-    offline = channel.traffic.copy()
+    protocol = prepare(runtime, scheme, plan)
+    return run_online(protocol, program, runtime.channel.traffic.copy(),
+                      time.perf_counter() - start)
+
+
+def prepare(runtime: Runtime, scheme: Scheme, plan: list[Request]) -> Protocol:
+    """A party's protocol for one run, its offline phase done (`plan`'s material received
+    or made): what a service keeps in its pool until a batch needs it."""
+    protocol = scheme.protocol(runtime)
+    bitslice.slice_bits(np.zeros(64, dtype=np.uint64))  # load the kernel before timing
+    with np.errstate(over="ignore"):
+        protocol.preprocess(plan)
+    return protocol
+
+
+def run_online(protocol: Protocol, program: Program, offline: Traffic | None = None,
+               offline_seconds: float = 0.0) -> PartyReport:
+    """The setup (e.g. weights) and online phases of `program` on a prepared protocol."""
+    channel = protocol.channel
+    runtime = protocol.runtime
+    before = channel.traffic.copy()
     middle = time.perf_counter()
-    if hasattr(program, "setup"):  # input-independent work of the program, e.g. weights
-        with channel.stage("setup"):
-            program.setup(protocol)
-        # the online phase starts together: without this barrier a party that finished its
-        # setup early would count its wait for the others as online time
-        peers = [p for p in range(runtime.n_parties) if p != runtime.party_id]
-        with channel.stage("setup"):
-            done = np.ones(1, dtype=np.uint8)
-            ready = channel.exchange(dict.fromkeys(peers, done), expect=done,
-                                     what="as its end-of-setup message")
-        for peer, message in ready.items():
-            if message[0] != 1:
-                raise ProtocolError(f"{channel.who(peer)} sent {message!r} as its end-of-setup "
-                                    "message, expected [1]")
-    setup = channel.traffic - offline
-    after_setup = channel.traffic.copy()
-    online_start = time.perf_counter()
-    with channel.stage("online"):
-        result = program(protocol)
-    end = time.perf_counter()
-    return PartyReport(runtime.party_id, result, offline, channel.traffic - after_setup,
-                       middle - start, end - online_start, setup, online_start - middle)
+    with np.errstate(over="ignore"):
+        if hasattr(program, "setup"):  # input-independent work of the program, e.g. weights
+            with channel.stage("setup"):
+                program.setup(protocol)
+            # the online phase starts together: without this barrier a party that finished
+            # its setup early would count its wait for the others as online time
+            peers = [p for p in range(runtime.n_parties) if p != runtime.party_id]
+            with channel.stage("setup"):
+                done = np.ones(1, dtype=np.uint8)
+                ready = channel.exchange(dict.fromkeys(peers, done), expect=done,
+                                         what="as its end-of-setup message")
+            for peer, message in ready.items():
+                if message[0] != 1:
+                    raise ProtocolError(f"{channel.who(peer)} sent {message!r} as its "
+                                        "end-of-setup message, expected [1]")
+        setup = channel.traffic - before
+        after_setup = channel.traffic.copy()
+        online_start = time.perf_counter()
+        with channel.stage("online"):
+            result = program(protocol)
+        end = time.perf_counter()
+    return PartyReport(runtime.party_id, result, offline if offline is not None else Traffic(),
+                       channel.traffic - after_setup, offline_seconds, end - online_start,
+                       setup, online_start - middle)
 
 
 def dealer_role(runtime: Runtime, scheme: Scheme, plan: list[Request],

@@ -6,10 +6,12 @@ dealer) at its service port over mutual TLS, proved by the key the cluster file 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import secrets
 import ssl
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,22 @@ def _channel(config: ServiceConfig, key: ClientKey, links: dict[int, ssl.SSLSock
     return tcp.over_sockets(key.endpoint, links, names, config.cluster.timeout, received, sent)
 
 
+@contextlib.contextmanager
+def _in_batch(config: ServiceConfig, key: ClientKey, links: dict[int, ssl.SSLSocket],
+              received: int, sent: int) -> Iterator[tcp.TcpChannel]:
+    """The channel over `links` for the batch's messages; a role's abort becomes the
+    error it stands for; the links close at the end."""
+    channel = _channel(config, key, links, received, sent)
+    try:
+        yield channel
+    except PeerAborted as exc:
+        raise _failed(exc) from None
+    finally:
+        channel.close()
+        for sock in links.values():
+            sock.close()
+
+
 def _failed(exc: PeerAborted) -> SottovoceError:
     reason = exc.reason
     if "CheatingDetected" in reason:
@@ -145,21 +163,16 @@ def classify(cluster_path: str | os.PathLike, clips: list[str | os.PathLike],
                               f"{model.input_shape}")
         for sock in links.values():
             messages.send(sock, {"clips": len(clips), "version": described["version"]}, 1)
-        channel = _channel(config, key, links, received=1, sent=2)
-        ends = Endpoints(config.compute, config.dealer)
-        scheme = config.scheme.protocol
-        try:
-            with channel.stage("features"):
-                scheme.give_external(channel, ends, model.fixed.encode(features))
-            with channel.stage("labels"):
-                indices = scheme.take_external(channel, ends, (len(clips),))
-        except PeerAborted as exc:
-            raise _failed(exc) from None
-        finally:
-            channel.close()
-    finally:
+    except BaseException:
         for sock in links.values():
             sock.close()
+        raise
+    ends, scheme = Endpoints(config.compute, config.dealer), config.scheme.protocol
+    with _in_batch(config, key, links, received=1, sent=2) as channel:
+        with channel.stage("features"):
+            scheme.give_external(channel, ends, model.fixed.encode(features))
+        with channel.stage("labels"):
+            indices = scheme.take_external(channel, ends, (len(clips),))
     if np.any(indices >= max(1, model.num_classes)):
         raise ProtocolError("the label is out of range: refusing the result")
     labels = model.labels or tuple(str(i) for i in range(model.num_classes))
@@ -175,35 +188,30 @@ def publish(cluster_path: str | os.PathLike, model: SecureModel, feature_config:
     config = load_service(cluster_path)
     key = _choose(config, client, publish=True)
     links = connect(config, key)
+    hello = {"kind": "publish", "rid": secrets.token_hex(8), "version": version,
+             "model": describe(model), "features": feature_config}
+    ends, scheme = Endpoints(config.compute, config.dealer), config.scheme.protocol
     try:
-        hello = {"kind": "publish", "rid": secrets.token_hex(8), "version": version,
-                 "model": describe(model), "features": feature_config}
         for sock in links.values():
             messages.send(sock, hello, 0)
-        channel = _channel(config, key, links, received=0, sent=1)
-        ends = Endpoints(config.compute, config.dealer)
-        scheme = config.scheme.protocol
-        try:
-            with channel.stage("weights"):
-                scheme.give_external(channel, ends, flat_weights(model))
-            with channel.stage("confirmation"):
-                zero = scheme.take_external(channel, ends, (1,))
-            if zero[0] != 0:
-                raise ProtocolError("the service confirmed the weights with a non-zero check "
-                                    "value: they did not arrive intact")
-            with channel.stage("stored"):
-                for role in config.servers:  # every role has saved its shares
-                    stored = channel.recv_bytes(role, what="as its confirmation")
-                    if f'"{version}"' not in stored.decode("utf-8", "replace"):
-                        raise ProtocolError(f"{config.name_of(role)} did not confirm that "
-                                            f"it stored version {version}")
-        except PeerAborted as exc:
-            raise _failed(exc) from None
-        finally:
-            channel.close()
-    finally:
+    except BaseException:
         for sock in links.values():
             sock.close()
+        raise
+    with _in_batch(config, key, links, received=0, sent=1) as channel:
+        with channel.stage("weights"):
+            scheme.give_external(channel, ends, flat_weights(model))
+        with channel.stage("confirmation"):
+            zero = scheme.take_external(channel, ends, (1,))
+        if zero[0] != 0:
+            raise ProtocolError("the service confirmed the weights with a non-zero check "
+                                "value: they did not arrive intact")
+        with channel.stage("stored"):
+            for role in config.servers:  # every role has saved its shares
+                stored = channel.recv_bytes(role, what="as its confirmation")
+                if f'"{version}"' not in stored.decode("utf-8", "replace"):
+                    raise ProtocolError(f"{config.name_of(role)} did not confirm that it "
+                                        f"stored version {version}")
 
 
 def status(cluster_path: str | os.PathLike, client: str | None = None) -> dict[str, dict]:

@@ -4,6 +4,8 @@
     window_ms = 20          # how long the first request of a batch waits for others
     max_batch = 16          # clips evaluated together at most (1..mpc.limits.MAX_BATCH)
     client_timeout = 10     # seconds a client may take to send its part of a batch
+    pool = 2                # batches prepared ahead (offline phase done) per batch size
+    # metrics_port = 9100   # Prometheus text format on 127.0.0.1:(metrics_port + role id)
     state = "state"         # where each role keeps its shares (a folder per role)
 
     [[client]]              # one per key allowed to use the service
@@ -33,7 +35,7 @@ from protocols.registry import Scheme
 
 #: Front-door ids of clients: the i-th [[client]] is CLIENT_BASE + i (servers are 0..n).
 CLIENT_BASE = 1000
-_SERVICE_KEYS = {"window_ms", "max_batch", "client_timeout", "state"}
+_SERVICE_KEYS = {"window_ms", "max_batch", "client_timeout", "state", "pool", "metrics_port"}
 _CLIENT_KEYS = {"name", "fingerprint", "publish", "cert", "key"}
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -59,6 +61,8 @@ class ServiceConfig:
     window: float  # seconds
     max_batch: int
     client_timeout: float
+    pool: int  # prepared batches kept per batch size (0: preprocess at batch time)
+    metrics_port: int | None  # Prometheus text on 127.0.0.1:port+role (None: off)
     state: Path
     clients: tuple[ClientKey, ...]
 
@@ -175,4 +179,7 @@ def load_service(path: str | Path) -> ServiceConfig:
         window=_number(cluster.path, table, "window_ms", 20, 0, 10_000) / 1000,
         max_batch=int(_number(cluster.path, table, "max_batch", 16, 1, MAX_BATCH)),
         client_timeout=_number(cluster.path, table, "client_timeout", 10, 0.1, 3600),
+        pool=int(_number(cluster.path, table, "pool", 2, 0, 64)),
+        metrics_port=(None if "metrics_port" not in table
+                      else int(_number(cluster.path, table, "metrics_port", 0, 1, 65000))),
         state=state_path, clients=_clients(cluster.path, cluster.tables.get("client")))

@@ -38,10 +38,11 @@ from mpc.net.expect import BYTES, Expect
 from mpc.prg import KEY_BYTES, PRG
 from mpc.runtime import RunConfig, Runtime, agree_pair_keys
 from nn.describe import from_description
-from protocols.run import party_role, plan_of
+from protocols.run import party_role, plan_of, prepare, run_online
 
 log = logging.getLogger("sottovoce.service")
 _DOCUMENT = BYTES
+_OPS = ("stop", "batch", "publish", "prepare")  # what party 0 may send the others
 _IDLE_TICK = 0.25  # seconds between looks at the stop flag and the links while idle
 
 
@@ -69,6 +70,11 @@ class Server:
         self.state = "starting"
         self.served = self.batches = 0
         self.last_error: str | None = None
+        # prepared batches (offline phase done) by (version, clips): (id, protocol or None
+        # at the dealer); material is used once, so an entry leaves the pool when used
+        self.pool: dict[tuple[str, int], list[tuple[int, Any]]] = {}
+        self._recent: list[int] = []  # batch sizes served lately, newest last
+        self._poolable_versions: dict[str, bool] = {}
         self.front = FrontDoor(config, me, self._describe, self._status, self._refusal)
 
     # -- what the front door asks ----------------------------------------------------------
@@ -90,7 +96,9 @@ class Server:
                 "state": self.state, "version": self.current and self.current.version,
                 "versions": sorted(self.versions), "requests_served": self.served,
                 "batches": self.batches, "queued": len(self.front.pending),
-                "last_error": self.last_error, "preprocessing_pool": 0}
+                "last_error": self.last_error,
+                "preprocessing_pool": sum(len(v) for v in self.pool.values()),
+                "pool_by_clips": {str(clips): len(v) for (_, clips), v in self.pool.items()}}
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -139,6 +147,7 @@ class Server:
         return None
 
     def _session(self, runtime: Runtime) -> None:
+        self.pool = {}  # prepared with the previous session's keys: never used again
         channel = runtime.channel
         peers = [p for p in channel.peers]
         seq = 0
@@ -172,7 +181,7 @@ class Server:
         with front.changed:
             queued = sorted(front.pending.values(), key=lambda r: r.arrived)
         if not queued:
-            return None
+            return self._refill(seq)
         oldest = queued[0]
         wait = oldest.arrived + self.config.window - time.monotonic()
         if wait > 0 and oldest.kind == "classify":
@@ -189,7 +198,36 @@ class Server:
                 break
             chosen.append([request.client, request.rid])
             clips += request.clips
-        return {"op": "batch", "seq": seq, "version": oldest.version, "requests": chosen}
+        entries = self.pool.get((oldest.version, clips), [])
+        return {"op": "batch", "seq": seq, "version": oldest.version, "requests": chosen,
+                "pooled": entries[0][0] if entries else None}
+
+    def _refill(self, seq: int) -> dict | None:
+        """While nothing is queued: prepare a batch of a size served lately (one clip, and
+        the last two sizes seen) for the current version, if its pool is short."""
+        if self.current is None or not self.config.pool or not self._poolable():
+            return None
+        for clips in dict.fromkeys([1, *reversed(self._recent)]):
+            if len(self.pool.get((self.current.version, clips), [])) < self.config.pool:
+                return {"op": "prepare", "seq": seq, "version": self.current.version,
+                        "clips": clips}
+        return None
+
+    def _poolable(self) -> bool:
+        """Whether batches can be prepared before their clients are known: not when the
+        material names them (spdz2k deals each client's masks to that client)."""
+        if self.current is None:
+            return False
+        version = self.current.version
+        if version not in self._poolable_versions:
+            plan = self._plan(self.current.model, [1])
+            self._poolable_versions[version] = not any(r.kind in ("input", "reveal")
+                                                       for r in plan)
+        return self._poolable_versions[version]
+
+    def _plan(self, model, sizes: list[int]) -> list:
+        return plan_of(Batch(model, sizes, len(self.config.servers)), self.config.compute,
+                       self.config.scheme)
 
     def _await_op(self, channel) -> dict:
         """The coordinator's next message; while idle, look at the stop flag every tick."""
@@ -214,7 +252,7 @@ class Server:
                     op = json.loads(raw.tobytes().decode())
                 except ValueError as exc:
                     raise ProtocolError(f"party 0 sent a malformed batch: {exc}") from None
-                if not isinstance(op, dict) or op.get("op") not in ("stop", "batch", "publish"):
+                if not isinstance(op, dict) or op.get("op") not in _OPS:
                     raise ProtocolError(f"party 0 sent an unknown operation {op!r:.80}")
                 return op
         finally:
@@ -251,13 +289,17 @@ class Server:
         return kept
 
     def _run_op(self, runtime: Runtime, op: dict) -> None:
+        if op["op"] == "prepare":
+            self._prepare(runtime, op)
+            return
         requests = self._agree(runtime.channel, op)
         if not requests:
             return
         if op["op"] == "publish":
             self._publish(runtime, int(op["seq"]), requests[0])
         else:
-            self._batch(runtime, int(op["seq"]), self.versions[op["version"]], requests)
+            self._batch(runtime, int(op["seq"]), self.versions[op["version"]], requests,
+                        op.get("pooled"))
 
     def _batch_runtime(self, runtime: Runtime, seq: int, mac_keys: dict[int, bytes]
                        ) -> Runtime:
@@ -303,19 +345,52 @@ class Server:
             return None
         return party_role(runtime, scheme, program, plan)
 
+    def _prepare(self, runtime: Runtime, op: dict) -> None:
+        """Run the offline phase of a batch of `op["clips"]` clips now, keep it for later."""
+        published = self.versions[op["version"]]
+        clips, seq = int(op["clips"]), int(op["seq"])
+        plan = self._plan(published.model, [clips])
+        batch_runtime = self._batch_runtime(runtime, seq, published.mac_keys)
+        start = time.perf_counter()
+        with runtime.channel.stage(f"preparing a batch of {clips} clips"):
+            if self.is_dealer:
+                with np.errstate(over="ignore"):
+                    self.config.scheme.protocol.serve_dealer(batch_runtime, plan)
+                prepared = None
+            else:
+                prepared = prepare(batch_runtime, self.config.scheme, plan)
+        self.pool.setdefault((published.version, clips), []).append((seq, prepared))
+        log.info("%s: prepared batch %d (%d clips, model %s) in %.1f ms; pool %d", self.name,
+                 seq, clips, published.version, 1000 * (time.perf_counter() - start),
+                 sum(len(v) for v in self.pool.values()))
+
+    def _take_prepared(self, version: str, clips: int, pooled: int | None) -> Any:
+        entries = self.pool.get((version, clips), [])
+        for k, (entry, prepared) in enumerate(entries):
+            if entry == pooled:
+                del entries[k]
+                return prepared
+        raise ProtocolError(f"party 0 named prepared batch {pooled}, which {self.name} "
+                            "does not hold")
+
     def _batch(self, runtime: Runtime, seq: int, published: Published,
-               requests: list[Request]) -> None:
+               requests: list[Request], pooled: int | None = None) -> None:
         model = published.model
         channel = runtime.channel
         per_clip = int(np.prod(model.input_shape, dtype=np.int64))
         base = self._attach(channel, requests, [r.clips * per_clip for r in requests])
         sizes = [r.clips for r in requests]
+        self._recent = [*[c for c in self._recent if c != sum(sizes)], sum(sizes)][-2:]
         before = channel.traffic.copy()
         start = time.perf_counter()
+        program = Batch(model, sizes, base, published.shares)
         try:
-            plan = plan_of(Batch(model, sizes, base), self.config.compute, self.config.scheme)
-            report = self._execute(self._batch_runtime(runtime, seq, published.mac_keys),
-                                   Batch(model, sizes, base, published.shares), plan)
+            if pooled is not None:
+                prepared = self._take_prepared(published.version, sum(sizes), pooled)
+                report = None if self.is_dealer else run_online(prepared, program)
+            else:
+                report = self._execute(self._batch_runtime(runtime, seq, published.mac_keys),
+                                       program, self._plan(model, sizes))
         except BaseException as exc:
             self._detach(channel, requests, base, exc)
             raise
@@ -326,9 +401,10 @@ class Server:
         for request, ok in zip(requests, succeeded, strict=True):
             self.served += ok
             log.info("%s: request %s of client %s: %s, batch %d of %d clips, model %s, "
-                     "online %.1f ms, %d rounds, %d bytes", self.name, request.rid,
+                     "%s, online %.1f ms, %d rounds, %d bytes", self.name, request.rid,
                      request.client, "done" if ok else "dropped", seq, sum(sizes),
-                     published.version, 1000 * online, spent.rounds,
+                     published.version, "prepared ahead" if pooled is not None else
+                     "offline phase now", 1000 * online, spent.rounds,
                      spent.bytes_sent + spent.bytes_received)
 
     def _publish(self, runtime: Runtime, seq: int, request: Request) -> None:
@@ -365,6 +441,7 @@ class Server:
         # the previous version stays for requests already queued for it; older ones go
         self.versions = {v: p for v, p in self.versions.items()
                          if v == published.version or (previous and v == previous.version)}
+        self.pool = {k: v for k, v in self.pool.items() if k[0] == published.version}
         log.info("%s: model %s published by client %s (%d weights), saved in %s", self.name,
                  published.version, request.client, size, self.store.folder)
 
