@@ -110,7 +110,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
                               "the model its owner published")
         from experiments.service.client import classify
 
-        labels = classify(args.cluster, args.clips, client=args.client)
+        labels = classify(args.cluster, args.clips, client=args.client, lane=args.lane)
         if args.json:
             print(json.dumps([{"clip": c, "label": lab} for c, lab in zip(args.clips, labels,
                                                                          strict=True)]))
@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "README \"A service\")")
     classify.add_argument("--client", help="with --cluster: the [[client]] entry whose key "
                           "this host holds (default: the first whose key is here)")
+    classify.add_argument("--lane", type=int, help="with --cluster: which lane of the service "
+                          "to use (default: one at random)")
     common(classify, "tcp")
     classify.set_defaults(fn=cmd_classify)
     keys = sub.add_parser("keys", help="make this host's key for one role of a deployment "

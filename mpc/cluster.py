@@ -48,7 +48,7 @@ DEFAULT_KEYS = "keys"
 _CLUSTER_KEYS = {"timeout", "connect_timeout", "scheme", "compute_parties", "keys"}
 _PARTY_KEYS = {"id", "host", "port", "fingerprint", "cert", "key", "bind", "service_port"}
 #: Tables a service reads (experiments/service/config.py validates them).
-SERVICE_TABLES = ("service", "client")
+SERVICE_TABLES = ("service", "client", "lane")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import random
 import secrets
 import ssl
 import time
@@ -140,11 +141,13 @@ def _failed(exc: PeerAborted) -> SottovoceError:
 
 
 def classify(cluster_path: str | os.PathLike, clips: list[str | os.PathLike],
-             client: str | None = None) -> list[str]:
-    """The labels of `clips` from a running service; only this client learns them."""
+             client: str | None = None, lane: int | None = None) -> list[str]:
+    """The labels of `clips` from a running service (from `lane`, by default one picked at
+    random); only this client learns them."""
     import audio
 
     config = load_service(cluster_path)
+    config = config.for_lane(random.randrange(config.lane_count) if lane is None else lane)
     key = _choose(config, client, publish=False)
     if not 1 <= len(clips) <= config.max_batch:
         raise ConfigError(f"this service takes 1..{config.max_batch} clips a request, "
@@ -215,22 +218,31 @@ def publish(cluster_path: str | os.PathLike, model: SecureModel, feature_config:
 
 
 def status(cluster_path: str | os.PathLike, client: str | None = None) -> dict[str, dict]:
-    """Every role's status (or {"up": False, "error": ...} for one that cannot be reached)."""
-    config = load_service(cluster_path)
-    key = _choose(config, client, publish=False)
-    own = client_files(config, key)
+    """Every role's status, in every lane (or {"up": False, "error": ...} for one that cannot
+    be reached)."""
+    service = load_service(cluster_path)
+    key = _choose(service, client, publish=False)
+    own = client_files(service, key)
     result: dict[str, dict] = {}
+    for lane in range(service.lane_count):
+        result.update(_status_of_lane(service.for_lane(lane), key, own))
+    return result
+
+
+def _status_of_lane(config: ServiceConfig, key: ClientKey, own: TlsFiles) -> dict[str, dict]:
+    result: dict[str, dict] = {}
+    lane = f" (lane {config.lane})" if config.lane else ""
     for p in config.servers:
         try:
             links = _connect_one(config, key, own, p)
         except SottovoceError as exc:
-            result[config.name_of(p)] = {"up": False, "error": str(exc)}
+            result[config.name_of(p) + lane] = {"up": False, "error": str(exc)}
             continue
         try:
             messages.send(links, {"kind": "status"}, 0)
-            result[config.name_of(p)] = {"up": True, **_answer(config, p, links)}
+            result[config.name_of(p) + lane] = {"up": True, **_answer(config, p, links)}
         except (SottovoceError, OSError) as exc:
-            result[config.name_of(p)] = {"up": False, "error": str(exc)}
+            result[config.name_of(p) + lane] = {"up": False, "error": str(exc)}
         finally:
             links.close()
     return result

@@ -13,7 +13,7 @@ from mpc.errors import ConfigError
 def cmd_serve(args: argparse.Namespace) -> int:
     from experiments.service.server import serve
 
-    serve(args.cluster, args.role)
+    serve(args.cluster, args.role, args.lane)
     return 0
 
 
@@ -105,6 +105,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--role", required=True,
                        help="which role this process is: a compute party's id (0, 1, ...) or "
                        "'dealer'")
+    serve.add_argument("--lane", type=int, default=0,
+                       help="which lane of the role this process runs (default: 0; lanes "
+                       "1, 2, ... are [[lane]] entries of the cluster file)")
     serve.set_defaults(fn=cmd_serve)
 
     publish = sub.add_parser("publish", help="share a model with a running service, once "

@@ -15,18 +15,27 @@
     # cert = ..., key = ... # this client's own files, in its own copy of the file
 
 Every [[party]] of the service (compute parties, then the dealer if the scheme has one) also
-names a `service_port`, where clients reach it. The file is read again whenever a client
+names a `service_port`, where clients reach it. A party may run more lanes (independent
+processes, here or on other hosts, each with the party's key and a copy of its state
+folder): lane k of every party forms a service of its own, and clients spread over them.
+
+    [[lane]]
+    party = 0
+    lane = 1                # 1, 2, ...: every party needs the same lanes
+    host = "10.0.0.5"
+    port = 7010
+    service_port = 7110 The file is read again whenever a client
 connects, so a key added with `sottovoce clients add` is allowed without a restart.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mpc.cluster import Cluster, load_cluster
+from mpc.cluster import Cluster, PartySpec, load_cluster
 from mpc.errors import ConfigError
 from mpc.limits import MAX_BATCH
 from mpc.net.certs import TlsFiles, normalize_fingerprint
@@ -37,6 +46,7 @@ from protocols.registry import Scheme
 CLIENT_BASE = 1000
 _SERVICE_KEYS = {"window_ms", "max_batch", "client_timeout", "state", "pool", "metrics_port"}
 _CLIENT_KEYS = {"name", "fingerprint", "publish", "cert", "key"}
+_LANE_KEYS = {"party", "lane", "host", "port", "service_port", "bind"}
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -65,6 +75,25 @@ class ServiceConfig:
     metrics_port: int | None  # Prometheus text on 127.0.0.1:port+role (None: off)
     state: Path
     clients: tuple[ClientKey, ...]
+    lanes: dict[int, dict[int, PartySpec]] = field(default_factory=dict)  # lane -> party
+    lane: int = 0  # which lane this configuration is of
+
+    @property
+    def lane_count(self) -> int:
+        return 1 + len(self.lanes)
+
+    def for_lane(self, lane: int) -> ServiceConfig:
+        """The same service as lane `lane` runs it: its parties' addresses."""
+        if lane == self.lane:
+            return self
+        if lane not in self.lanes:
+            raise ConfigError(f"{self.cluster.path}: no lane {lane} (lanes 0.."
+                              f"{self.lane_count - 1})")
+        parties = {p: replace(spec, host=self.lanes[lane][p].host,
+                              port=self.lanes[lane][p].port, bind=self.lanes[lane][p].bind,
+                              service_port=self.lanes[lane][p].service_port)
+                   for p, spec in self.cluster.parties.items()}
+        return replace(self, cluster=replace(self.cluster, parties=parties), lane=lane)
 
     @property
     def dealer(self) -> int | None:
@@ -144,6 +173,43 @@ def _clients(path: Path, entries: Any) -> tuple[ClientKey, ...]:
     return tuple(keys)
 
 
+def _lanes(cluster: Cluster, entries: Any) -> dict[int, dict[int, PartySpec]]:
+    path = cluster.path
+    if entries is None:
+        return {}
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: lane must be a list of tables ([[lane]])")
+    lanes: dict[int, dict[int, PartySpec]] = {}
+    for index, entry in enumerate(entries):
+        where = f"[[lane]] number {index + 1}"
+        if not isinstance(entry, dict) or set(entry) - _LANE_KEYS:
+            raise ConfigError(f"{path}: {where} must be a table of {sorted(_LANE_KEYS)}")
+        party, lane = entry.get("party"), entry.get("lane")
+        if party not in cluster.parties or isinstance(party, bool):
+            raise ConfigError(f"{path}: {where} party must be a listed party id, got {party!r}")
+        if isinstance(lane, bool) or not isinstance(lane, int) or lane < 1:
+            raise ConfigError(f"{path}: {where} lane must be an integer >= 1, got {lane!r}")
+        ports = [entry.get(k) for k in ("port", "service_port")]
+        host = entry.get("host", cluster.parties[party].host)
+        if not isinstance(host, str) or any(isinstance(v, bool) or not isinstance(v, int)
+                                            or not 1 <= v <= 65535 for v in ports):
+            raise ConfigError(f"{path}: {where} needs host, port and service_port")
+        if party in lanes.setdefault(lane, {}):
+            raise ConfigError(f"{path}: party {party} has lane {lane} twice")
+        lanes[lane][party] = PartySpec(host=host, port=ports[0],
+                                       fingerprint=cluster.parties[party].fingerprint,
+                                       bind=entry.get("bind"), service_port=ports[1])
+    for lane in sorted(lanes):
+        missing = [p for p in cluster.parties if p not in lanes[lane]]
+        if missing:
+            raise ConfigError(f"{path}: lane {lane} has no [[lane]] entry for party "
+                              f"{missing[0]}: every party runs every lane")
+    if sorted(lanes) != list(range(1, len(lanes) + 1)):
+        raise ConfigError(f"{path}: lanes must be numbered 1, 2, ... without gaps, got "
+                          f"{sorted(lanes)}")
+    return lanes
+
+
 def load_service(path: str | Path) -> ServiceConfig:
     """Read a service cluster file; a ConfigError names the file and the problem."""
     cluster = load_cluster(path)
@@ -182,4 +248,5 @@ def load_service(path: str | Path) -> ServiceConfig:
         pool=int(_number(cluster.path, table, "pool", 2, 0, 64)),
         metrics_port=(None if "metrics_port" not in table
                       else int(_number(cluster.path, table, "metrics_port", 0, 1, 65000))),
-        state=state_path, clients=_clients(cluster.path, cluster.tables.get("client")))
+        state=state_path, clients=_clients(cluster.path, cluster.tables.get("client")),
+        lanes=_lanes(cluster, cluster.tables.get("lane")))

@@ -137,7 +137,7 @@ class FrontDoor:
                 continue
             self._mtime = mtime
             try:
-                config = load_service(self.config.cluster.path)
+                config = load_service(self.config.cluster.path).for_lane(self.config.lane)
                 creds, expected = self._credentials(config)
             except SottovoceError as exc:
                 log.warning("%s: the cluster file changed but cannot be used, keeping the "
@@ -220,6 +220,8 @@ class FrontDoor:
         if not allowed:
             raise ValueError(f"client {request.client}'s key may not publish models "
                              "(publish = true in its [[client]] entry)")
+        if self.config.lane:
+            raise ValueError("publish through lane 0: the other lanes serve what it stores")
         from nn.describe import from_description
 
         request.version = checked_version(hello.get("version"))

@@ -32,22 +32,29 @@ def _free_ports(count: int) -> list[int]:
 
 def write_local_service(directory: str | Path, scheme: str, clients: tuple[str, ...] = ("alice",),
                         owner: str = "bob", window_ms: float = 20, max_batch: int = 16,
-                        timeout: float = 30, client_timeout: float = 10) -> Path:
-    """Keys and a cluster file for a service whose roles all run here; its path."""
+                        timeout: float = 30, client_timeout: float = 10, lanes: int = 1,
+                        pool: int = 2) -> Path:
+    """Keys and a cluster file for a service whose roles all run here (in `lanes` lanes);
+    its path."""
     directory = Path(directory)
     spec = registry.get(scheme)
     servers = spec.endpoints(spec.parties)
     make_certificates(directory / "keys", servers)
-    ports = _free_ports(2 * servers)
+    ports = _free_ports(2 * servers * lanes)
     lines = ["[cluster]", f"scheme = {json.dumps(spec.name)}",
              f"compute_parties = {spec.parties}", f"timeout = {float(timeout)}",
              "connect_timeout = 10.0", "", "[service]", f"window_ms = {float(window_ms)}",
              f"max_batch = {int(max_batch)}", f"client_timeout = {float(client_timeout)}",
-             'state = "state"']
+             f"pool = {int(pool)}", 'state = "state"']
     for p in range(servers):
         fp = (directory / "keys" / f"party-{p}.fingerprint").read_text().strip()
         lines += ["", "[[party]]", f"id = {p}", 'host = "127.0.0.1"', f"port = {ports[2 * p]}",
                   f"service_port = {ports[2 * p + 1]}", f'fingerprint = "{fp}"']
+    for lane in range(1, lanes):
+        for p in range(servers):
+            k = 2 * (lane * servers + p)
+            lines += ["", "[[lane]]", f"party = {p}", f"lane = {lane}", 'host = "127.0.0.1"',
+                      f"port = {ports[k]}", f"service_port = {ports[k + 1]}"]
     for name in (*clients, owner):
         fp = make_client_key(directory / "keys", name)
         lines += ["", "[[client]]", f'name = "{name}"', f'fingerprint = "{fp}"',
@@ -70,20 +77,24 @@ class LocalService:
         self.logs = self.cluster.parent / "logs"
 
     def roles(self) -> list[str]:
-        return [("dealer" if p == self.config.dealer else str(p)) for p in self.config.servers]
+        """Every process's name: "0", "1", ..., "dealer"; "0@1" is party 0's lane 1."""
+        names = [("dealer" if p == self.config.dealer else str(p)) for p in self.config.servers]
+        return [n if lane == 0 else f"{n}@{lane}" for lane in range(self.config.lane_count)
+                for n in names]
 
     def start(self, role: str | None = None) -> None:
-        """Start every role (or one: "0", "1", ..., "dealer")."""
+        """Start every role (or one, by its name in `roles`)."""
         self.logs.mkdir(exist_ok=True)
         root = Path(__file__).resolve().parents[2]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
         for name in ([role] if role else self.roles()):
+            endpoint, _, lane = name.partition("@")
             log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "experiments.cli", "serve", "--cluster",
-                 str(self.cluster), "--role", name], stdout=log, stderr=subprocess.STDOUT,
-                env=env)
+                 str(self.cluster), "--role", endpoint, "--lane", lane or "0"], stdout=log,
+                stderr=subprocess.STDOUT, env=env)
             log.close()
 
     def wait_ready(self, timeout: float = 60.0, version: str | None = None) -> dict:

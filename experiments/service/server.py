@@ -58,17 +58,18 @@ class Server:
 
     def __init__(self, config: ServiceConfig, me: int) -> None:
         self.config, self.me = config, me
-        self.name = config.name_of(me)
+        self.name = config.name_of(me) + (f" (lane {config.lane})" if config.lane else "")
         self.is_dealer = me == config.dealer
         self.store = Store(config.state_of(me))
         self.versions: dict[str, Published] = {}
-        self.current: Published | None = self.store.load_current()
-        if self.current is not None:
-            self.versions[self.current.version] = self.current
+        self.current: Published | None = None
+        self._stored_at = 0.0
+        self._refresh()
         self.stopping = threading.Event()
         self.ready = False
         self.state = "starting"
-        self.served = self.batches = 0
+        self.served = self.batches = self.dropped = self.prepared = 0
+        self.online_seconds = 0.0
         self.last_error: str | None = None
         # prepared batches (offline phase done) by (version, clips): (id, protocol or None
         # at the dealer); material is used once, so an entry leaves the pool when used
@@ -76,6 +77,27 @@ class Server:
         self._recent: list[int] = []  # batch sizes served lately, newest last
         self._poolable_versions: dict[str, bool] = {}
         self.front = FrontDoor(config, me, self._describe, self._status, self._refusal)
+
+    def _refresh(self) -> None:
+        """Serve the version the state folder names, if it changed (a restart, or lane 0
+        of this party publishing while this role runs another lane)."""
+        stamp = self.store.stamp()
+        if stamp == self._stored_at:
+            return
+        published = self.store.load_current()
+        self._stored_at = stamp
+        if published is None or (self.current and published.version == self.current.version):
+            return
+        self._adopt(published)
+
+    def _adopt(self, published: Published) -> None:
+        """Serve `published` from now on; the previous version stays for requests already
+        queued for it, older ones and their prepared batches go."""
+        previous, self.current = self.current, published
+        self.versions[published.version] = published
+        self.versions = {v: p for v, p in self.versions.items()
+                         if v == published.version or (previous and v == previous.version)}
+        self.pool = {k: v for k, v in self.pool.items() if k[0] == published.version}
 
     # -- what the front door asks ----------------------------------------------------------
     def _describe(self) -> dict | None:
@@ -100,11 +122,42 @@ class Server:
                 "preprocessing_pool": sum(len(v) for v in self.pool.values()),
                 "pool_by_clips": {str(clips): len(v) for (_, clips), v in self.pool.items()}}
 
+    def metrics(self) -> str:
+        """This role's counters in Prometheus' text format."""
+        from experiments.service.metrics import exposition
+
+        stats = {
+            "ready": ("1 if the role is in a session with every other role", "gauge",
+                      self.ready),
+            "requests_served_total": ("requests answered with their labels", "counter",
+                                      self.served),
+            "requests_dropped_total": ("requests whose client failed in its batch", "counter",
+                                       self.dropped),
+            "batches_total": ("batches run", "counter", self.batches),
+            "online_seconds_total": ("online time of the batches run", "counter",
+                                     self.online_seconds),
+            "prepared_total": ("batches prepared ahead", "counter", self.prepared),
+            "pool": ("prepared batches waiting", "gauge",
+                     sum(len(v) for v in self.pool.values())),
+            "queued": ("complete requests waiting for a batch", "gauge",
+                       len(self.front.pending)),
+        }
+        return exposition(stats, {"role": self.config.name_of(self.me),
+                                  "lane": str(self.config.lane)})
+
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
         """Serve until `stopping` is set (SIGTERM, SIGINT): finish the batch under way,
         refuse new requests, tell the others."""
         host, port = self.front.start()
+        metrics = None
+        if self.config.metrics_port is not None:
+            from experiments.service.metrics import serve_metrics
+
+            slot = self.config.lane * len(self.config.servers) + self.me
+            metrics = serve_metrics(self.config.metrics_port + slot, self.metrics)
+            log.info("%s: metrics on http://127.0.0.1:%d/metrics", self.name,
+                     self.config.metrics_port + slot)
         log.info("%s: listening for clients on %s:%d (scheme %s, model %s)", self.name, host,
                  port, self.config.scheme.name,
                  self.current.version if self.current else "not yet published")
@@ -127,6 +180,8 @@ class Server:
             self.ready, self.state = False, "stopped"
             self.front.fail_all(f"{self.name}: the service is stopping")
             self.front.stop()
+            if metrics is not None:
+                metrics.shutdown()
             log.info("%s: stopped after %d requests", self.name, self.served)
 
     def _form_mesh(self) -> Runtime | None:
@@ -178,6 +233,7 @@ class Server:
             raise failure
         if self.stopping.is_set():
             return {"op": "stop"}
+        self._refresh()
         with front.changed:
             queued = sorted(front.pending.values(), key=lambda r: r.arrived)
         if not queued:
@@ -262,7 +318,9 @@ class Server:
     def _agree(self, channel, op: dict) -> list[Request]:
         """The listed requests every role holds alike (in the coordinator's order)."""
         keys = [tuple(k) for k in op.get("requests", [])]
-        wait = 0.0 if self.me == 0 else self.config.client_timeout
+        if op.get("version") not in self.versions:
+            self._refresh()  # lane 0 of this party may just have published it
+        wait = 0.0 if self.me == 0 else min(1.0, self.config.client_timeout)
         held = self.front.take(keys, wait)
         rows = np.zeros((len(keys), 5), dtype=np.uint64)
         for k, key in enumerate(keys):
@@ -298,8 +356,19 @@ class Server:
         if op["op"] == "publish":
             self._publish(runtime, int(op["seq"]), requests[0])
         else:
-            self._batch(runtime, int(op["seq"]), self.versions[op["version"]], requests,
+            self._batch(runtime, int(op["seq"]), self._version(op["version"]), requests,
                         op.get("pooled"))
+
+    def _version(self, version: str) -> Published:
+        """The published model `version` (read from the state folder if another lane of
+        this party stored it since), or a ProtocolError: party 0 named a version this role
+        does not have."""
+        if version not in self.versions:
+            self._refresh()
+        if version not in self.versions:
+            raise ProtocolError(f"party 0 named model version {version!r}, which {self.name} "
+                                f"does not have (it has {sorted(self.versions) or 'none'})")
+        return self.versions[version]
 
     def _batch_runtime(self, runtime: Runtime, seq: int, mac_keys: dict[int, bytes]
                        ) -> Runtime:
@@ -347,7 +416,7 @@ class Server:
 
     def _prepare(self, runtime: Runtime, op: dict) -> None:
         """Run the offline phase of a batch of `op["clips"]` clips now, keep it for later."""
-        published = self.versions[op["version"]]
+        published = self._version(op["version"])
         clips, seq = int(op["clips"]), int(op["seq"])
         plan = self._plan(published.model, [clips])
         batch_runtime = self._batch_runtime(runtime, seq, published.mac_keys)
@@ -360,6 +429,7 @@ class Server:
             else:
                 prepared = prepare(batch_runtime, self.config.scheme, plan)
         self.pool.setdefault((published.version, clips), []).append((seq, prepared))
+        self.prepared += 1
         log.info("%s: prepared batch %d (%d clips, model %s) in %.1f ms; pool %d", self.name,
                  seq, clips, published.version, 1000 * (time.perf_counter() - start),
                  sum(len(v) for v in self.pool.values()))
@@ -398,8 +468,10 @@ class Server:
         spent = channel.traffic - before
         online = report.online_seconds if report is not None else time.perf_counter() - start
         self.batches += 1
+        self.online_seconds += online
         for request, ok in zip(requests, succeeded, strict=True):
             self.served += ok
+            self.dropped += not ok
             log.info("%s: request %s of client %s: %s, batch %d of %d clips, model %s, "
                      "%s, online %.1f ms, %d rounds, %d bytes", self.name, request.rid,
                      request.client, "done" if ok else "dropped", seq, sum(sizes),
@@ -430,26 +502,22 @@ class Server:
         shares = report.result if report is not None else np.zeros((0, 0), dtype=np.uint64)
         published = Published(request.version, description, shares, mac_keys)
         self.store.save(published)
+        self._stored_at = self.store.stamp()
         try:  # the owner learns that this role serves the new version from now on
             request.sock.settimeout(self.config.client_timeout)
             messages.send(request.sock, {"stored": published.version}, request.sent)
         except OSError:
             pass
         close(request.sock)
-        self.versions[published.version] = published
-        previous, self.current = self.current, published
-        # the previous version stays for requests already queued for it; older ones go
-        self.versions = {v: p for v, p in self.versions.items()
-                         if v == published.version or (previous and v == previous.version)}
-        self.pool = {k: v for k, v in self.pool.items() if k[0] == published.version}
+        self._adopt(published)
         log.info("%s: model %s published by client %s (%d weights), saved in %s", self.name,
                  published.version, request.client, size, self.store.folder)
 
 
-def serve(cluster_path: str, endpoint: str) -> None:
-    """Run `endpoint` ("0", "1", ..., or "dealer") of the service in `cluster_path` until
-    SIGTERM or SIGINT."""
-    config = load_service(cluster_path)
+def serve(cluster_path: str, endpoint: str, lane: int = 0) -> None:
+    """Run `endpoint` ("0", "1", ..., or "dealer") of the service in `cluster_path`, in
+    `lane`, until SIGTERM or SIGINT."""
+    config = load_service(cluster_path).for_lane(lane)
     me = config.dealer if endpoint == "dealer" else int(endpoint)
     if me is None or me not in config.servers:
         from mpc.errors import ConfigError

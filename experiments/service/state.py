@@ -72,6 +72,13 @@ class Store:
             os.fsync(handle.fileno())
         os.replace(tmp, self.folder / "current.json")
 
+    def stamp(self) -> float:
+        """When the version served last changed (0 before the first publish)."""
+        try:
+            return (self.folder / "current.json").stat().st_mtime_ns / 1e9
+        except OSError:
+            return 0.0
+
     def load_current(self) -> Published | None:
         """The version being served, as saved; None before the first publish."""
         current = self.folder / "current.json"
