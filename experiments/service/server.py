@@ -62,6 +62,11 @@ class Server:
         self.is_dealer = me == config.dealer
         self.store = Store(config.state_of(me))
         self.versions: dict[str, Published] = {}
+        # prepared batches (offline phase done) by (version, clips): (id, protocol or None
+        # at the dealer); material is used once, so an entry leaves the pool when used
+        self.pool: dict[tuple[str, int], list[tuple[int, Any]]] = {}
+        self._recent: list[int] = []  # batch sizes served lately, newest last
+        self._poolable_versions: dict[str, bool] = {}
         self.current: Published | None = None
         self._stored_at = 0.0
         self._refresh()
@@ -71,11 +76,6 @@ class Server:
         self.served = self.batches = self.dropped = self.prepared = 0
         self.online_seconds = 0.0
         self.last_error: str | None = None
-        # prepared batches (offline phase done) by (version, clips): (id, protocol or None
-        # at the dealer); material is used once, so an entry leaves the pool when used
-        self.pool: dict[tuple[str, int], list[tuple[int, Any]]] = {}
-        self._recent: list[int] = []  # batch sizes served lately, newest last
-        self._poolable_versions: dict[str, bool] = {}
         self.front = FrontDoor(config, me, self._describe, self._status, self._refusal)
 
     def _refresh(self) -> None:
@@ -526,6 +526,9 @@ def serve(cluster_path: str, endpoint: str, lane: int = 0) -> None:
                           f"{config.scheme.name} service (compute parties 0.."
                           f"{config.compute - 1}{', dealer' if config.dealer is not None else ''})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from mpc import ring
+
+    ring.warmup(threads=1)  # roles share the machine's cores; kernels loaded before serving
     server = Server(config, me)
 
     def stop(signum: int, frame: object) -> None:

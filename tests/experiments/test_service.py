@@ -3,10 +3,12 @@ through the real front doors (TLS, listed keys), labels against the float refere
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import threading
 import time
+import urllib.request
 
 import pytest
 from conftest import bundled_clips, loaded, plaintext_labels
@@ -19,6 +21,11 @@ from mpc.errors import CheatingDetected, SottovoceError
 from protocols.testing.tamper import Tamper, install
 
 
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return s.getsockname()[1]
+
+
 def _publish(path, version: str = "v1") -> None:
     model = loaded()
     client.publish(path, model.secure, model.feature_config.to_dict(), version)
@@ -28,9 +35,9 @@ def _concurrently(jobs: dict[str, tuple]) -> dict[str, object]:
     """Run client.classify for each job at once; its labels or the error it raised."""
     results: dict[str, object] = {}
 
-    def run(name: str, path, clips) -> None:
+    def run(name: str, path, clips, lane) -> None:
         try:
-            results[name] = client.classify(path, clips, client=name)
+            results[name] = client.classify(path, clips, client=name, lane=lane)
         except Exception as exc:  # reported to the test
             results[name] = exc
 
@@ -43,9 +50,10 @@ def _concurrently(jobs: dict[str, tuple]) -> dict[str, object]:
 
 
 def _logged(service: LocalService, role: str, text: str, timeout: float = 10.0) -> bool:
-    """Whether `role` logs `text` within `timeout` (it logs after answering the client)."""
+    """Whether `role` logs `text` (a regular expression) within `timeout` (it logs after
+    answering the client)."""
     deadline = time.monotonic() + timeout
-    while text not in service.log(role):
+    while not re.search(text, service.log(role)):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -68,40 +76,56 @@ def test_a_service_serves_clients_at_once_and_resumes_after_a_party_restarts(tmp
     clips = bundled_clips(3)
     expected = plaintext_labels(clips)
     path = write_local_service(tmp_path, "replicated", clients=("alice", "carol"),
-                               window_ms=1500, timeout=20, client_timeout=3)
+                               window_ms=1500, timeout=20, client_timeout=3, lanes=2)
+    text = path.read_text().replace('state = "state"', 'state = "state"\nmetrics_port = 0')
+    port = _free_port()
+    path.write_text(text.replace("metrics_port = 0", f"metrics_port = {port}"))
     service = LocalService(path)
     service.start()
     try:
         service.wait_ready(60)
         with pytest.raises(SottovoceError, match="no model has been published"):
-            client.classify(path, clips[:1], client="alice")
+            client.classify(path, clips[:1], client="alice", lane=0)
         _publish(path)
         # two clients at once, within one batching window: one batch, each its own labels
-        got = _concurrently({"alice": (path, clips[:2]), "carol": (path, clips[2:])})
+        got = _concurrently({"alice": (path, clips[:2], 0), "carol": (path, clips[2:], 0)})
         assert got == {"alice": expected[:2], "carol": expected[2:]}
-        assert _logged(service, "0", "batch 1 of 3 clips")
+        assert _logged(service, "0", r"batch \d+ of 3 clips")
+        # lane 1 of every party serves the model lane 0 stored, at the same time as lane 0
+        got = _concurrently({"alice": (path, clips[:1], 1), "carol": (path, clips[1:], 0)})
+        assert got == {"alice": expected[:1], "carol": expected[1:]}
+        assert _logged(service, "0@1", "done, batch")
+        # while idle, batches are prepared ahead; the pool shows in the status and metrics
+        deadline = time.monotonic() + 10
+        while client.status(path)["party 0"]["preprocessing_pool"] < 2:
+            assert time.monotonic() < deadline, "no batch was prepared while idle"
+            time.sleep(0.2)
+        assert client.classify(path, clips[:1], client="alice", lane=0) == expected[:1]
+        assert _logged(service, "0", "prepared ahead")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        assert 'sottovoce_requests_served_total{role="party 0",lane="0"} 4' in metrics
         # a client that sends garbage, and one that stalls, disturb nobody
         config = load_service(path)
         with socket.create_connection(config.address(1)) as raw:
             raw.sendall(b"\x00garbage" * 64)
         stalled = _stall(path, "carol")
-        assert client.classify(path, clips[:1], client="alice") == expected[:1]
+        assert client.classify(path, clips[:1], client="alice", lane=0) == expected[:1]
         stalled.close()
         # a role that dies fails the requests it was needed for, with its name, and hangs
         # nothing; restarted, it serves the published model from its own disk
         service.kill("2")
         start = time.monotonic()
         with pytest.raises(SottovoceError, match="party 2"):
-            client.classify(path, clips[:1], client="alice")
+            client.classify(path, clips[:1], client="alice", lane=0)
         assert time.monotonic() - start < 30
         service.start("2")
         status = service.wait_ready(60, version="v1")
         assert all(s["version"] == "v1" for s in status.values())
-        assert client.classify(path, clips, client="carol") == expected
+        assert client.classify(path, clips, client="carol", lane=0) == expected
         assert "published" not in service.log("2").split("ready")[-1]
     finally:
         codes = service.stop()
-    assert codes == {"0": 0, "1": 0, "2": 0}  # SIGTERM: a clean stop
+    assert set(codes.values()) == {0}  # SIGTERM: a clean stop
     assert (tmp_path / "state" / "party-1" / "model-v1.npz").stat().st_mode & 0o077 == 0
 
 
