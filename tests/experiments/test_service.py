@@ -76,7 +76,7 @@ def test_a_service_serves_clients_at_once_and_resumes_after_a_party_restarts(tmp
     clips = bundled_clips(3)
     expected = plaintext_labels(clips)
     path = write_local_service(tmp_path, "replicated", clients=("alice", "carol"),
-                               window_ms=1500, timeout=20, client_timeout=3, lanes=2)
+                               window_ms=500, timeout=20, client_timeout=3, lanes=2)
     text = path.read_text().replace('state = "state"', 'state = "state"\nmetrics_port = 0')
     port = _free_port()
     path.write_text(text.replace("metrics_port = 0", f"metrics_port = {port}"))
