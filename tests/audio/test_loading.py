@@ -206,3 +206,17 @@ def test_the_package_re_exports_its_submodules():
         assert getattr(audio, name) is getattr(feature_module, name), name
     assert audio.AudioError is errors.AudioError
     assert set(audio.__all__) >= set(loading.__all__) | set(feature_module.__all__)
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 44100, 48000])
+@pytest.mark.parametrize("length", [1, 999, 48001])
+def test_resampling_gives_librosa_s_samples(rate, length):
+    import librosa
+
+    from audio.loading import resample
+
+    signal = np.random.default_rng(length).normal(size=length).astype(np.float32)
+    ours = resample(signal, rate, 16000)
+    theirs = librosa.resample(signal, orig_sr=rate, target_sr=16000)
+    assert ours.dtype == np.float32 and ours.shape == theirs.shape
+    assert np.array_equal(ours, theirs)
