@@ -44,6 +44,7 @@ log = logging.getLogger("sottovoce.service")
 _DOCUMENT = BYTES
 _OPS = ("stop", "batch", "publish", "prepare")  # what party 0 may send the others
 _IDLE_TICK = 0.25  # seconds between looks at the stop flag and the links while idle
+_BUSY_WINDOWS = 4  # how many windows a batch may wait for as many requests as the last
 
 
 def _send_op(channel, peers, op: dict) -> None:
@@ -66,6 +67,7 @@ class Server:
         # at the dealer); material is used once, so an entry leaves the pool when used
         self.pool: dict[tuple[str, int], list[tuple[int, Any]]] = {}
         self._recent: list[int] = []  # batch sizes served lately, newest last
+        self._last_batch = 1  # requests in the last batch
         self._poolable_versions: dict[str, bool] = {}
         self.current: Published | None = None
         self._stored_at = 0.0
@@ -239,11 +241,8 @@ class Server:
         if not queued:
             return self._refill(seq)
         oldest = queued[0]
-        wait = oldest.arrived + self.config.window - time.monotonic()
-        if wait > 0 and oldest.kind == "classify":
-            time.sleep(wait)
-            with front.changed:
-                queued = sorted(front.pending.values(), key=lambda r: r.arrived)
+        if oldest.kind == "classify":
+            queued = self._gather(oldest)
         if oldest.kind == "publish":
             return {"op": "publish", "seq": seq, "requests": [[oldest.client, oldest.rid]]}
         chosen, clips = [], 0
@@ -257,6 +256,22 @@ class Server:
         entries = self.pool.get((oldest.version, clips), [])
         return {"op": "batch", "seq": seq, "version": oldest.version, "requests": chosen,
                 "pooled": entries[0][0] if entries else None}
+
+    def _gather(self, oldest: Request) -> list[Request]:
+        """The queue once the batch of `oldest` has gathered: for the window after it
+        arrived, and while fewer requests are queued than the last batch held (its clients
+        are likely sending their next ones), up to `_BUSY_WINDOWS` windows."""
+        front, window = self.front, self.config.window
+        with front.changed:
+            while True:
+                queued = sorted(front.pending.values(), key=lambda r: r.arrived)
+                now = time.monotonic()
+                due = oldest.arrived + window
+                if len(queued) < self._last_batch:
+                    due = oldest.arrived + _BUSY_WINDOWS * window
+                if now >= due or self.stopping.is_set():
+                    return queued
+                front.changed.wait(due - now)
 
     def _refill(self, seq: int) -> dict | None:
         """While nothing is queued: prepare a batch of a size served lately (one clip, and
@@ -450,6 +465,7 @@ class Server:
         per_clip = int(np.prod(model.input_shape, dtype=np.int64))
         base = self._attach(channel, requests, [r.clips * per_clip for r in requests])
         sizes = [r.clips for r in requests]
+        self._last_batch = len(requests)
         self._recent = [*[c for c in self._recent if c != sum(sizes)], sum(sizes)][-2:]
         before = channel.traffic.copy()
         start = time.perf_counter()
