@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import librosa
 import numpy as np
 
+from audio import spectral
 from audio.errors import AudioError
 
 __all__ = ["BAND_STD_FLOOR", "FeatureConfig", "features", "fit_length", "log_mel",
@@ -140,9 +140,8 @@ def prepare(signal, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
     peak = float(np.max(np.abs(x)))
     if peak == 0.0:
         return x.copy()
-    _, (start, end) = librosa.effects.trim(
-        x, top_db=config.trim_top_db, frame_length=config.trim_frame_length,
-        hop_length=config.trim_hop_length)
+    start, end = spectral.loud_span(x, config.trim_top_db, config.trim_frame_length,
+                                    config.trim_hop_length)
     if end > start:
         x = x[start:end]
     if config.peak_normalize:
@@ -183,11 +182,9 @@ def log_mel(fixed, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
 
 def _mel_db(x: np.ndarray, config: FeatureConfig) -> np.ndarray:
     """(n_mels, frames) log-mel power in dB of ``x`` framed with ``center=False``."""
-    mel = librosa.feature.melspectrogram(
-        y=x, sr=config.sample_rate, n_fft=config.win_length,
-        hop_length=config.hop_length, win_length=config.win_length, window=config.window,
-        center=False, power=config.power, n_mels=config.n_mels, fmin=config.fmin,
-        fmax=config.fmax, htk=config.mel_htk, norm=config.mel_norm)
+    mel = spectral.mel_power(x, config.sample_rate, config.win_length, config.hop_length,
+                             config.window, config.power, config.n_mels, config.fmin,
+                             config.fmax, config.mel_htk, config.mel_norm)
     return 10.0 * np.log10(np.maximum(mel, config.log_floor))
 
 

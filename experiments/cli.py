@@ -284,9 +284,22 @@ def _seconds(text: str) -> float:
 
 SCHEME_HELP = "; ".join(f"{s.name}: {s.cost}" + (" (default)" if s.name == registry.DEFAULT else "")
                         for s in registry.SCHEMES.values())
-PARTIES_HELP = "compute parties (default: the scheme's own; " + ", ".join(
+class _WhenShown(str):
+    """A help text made only when help is printed (argparse formats it with `%`): this one
+    reads every scheme's class, which a command that runs one scheme should not import."""
+
+    def __new__(cls, make):  # noqa: ANN001 - a callable returning the text
+        text = super().__new__(cls, "(see --help)")
+        text.make = make
+        return text
+
+    def __mod__(self, params: object) -> str:
+        return self.make() % params
+
+
+PARTIES_HELP = _WhenShown(lambda: "compute parties (default: the scheme's own; " + ", ".join(
     f"{s.name} takes {s.protocol.min_parties} or more" for s in registry.SCHEMES.values()
-    if s.protocol.max_parties is None) + ")"
+    if s.protocol.max_parties is None) + ")")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,21 +7,19 @@ setting and threat model in words, and how it is batched. Facts that the protoco
 relies on (party counts, the dealer) are read from the class, so they exist once.
 
 Adding a scheme: write `protocols/schemes/<name>.py` (a `Protocol` subclass) and add one
-`Scheme(...)` line to `SCHEMES` below; everything else reads this table.
+`Scheme("protocols.schemes.<name>:<Class>", ...)` line to `SCHEMES` below; everything else
+reads this table.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mpc.errors import ConfigError
 from protocols.base import Protocol
-from protocols.schemes.additive import Additive
-from protocols.schemes.rep4 import Rep4
-from protocols.schemes.replicated import Replicated
-from protocols.schemes.replicated_mac import ReplicatedMac
-from protocols.schemes.spdz2k import Spdz2k
 
 #: The primitives whose online rounds every scheme states (measured by tests/protocols).
 ROUNDED = ("input", "reveal", "reveal again", "mul", "matmul", "conv", "trunc", "ltz", "relu")
@@ -31,7 +29,10 @@ ROUNDED = ("input", "reveal", "reveal again", "mul", "matmul", "conv", "trunc", 
 class Scheme:
     """One secret-sharing scheme as the rest of the framework sees it."""
 
-    protocol: type[Protocol]
+    #: the `Protocol` class, or where it is ("protocols.schemes.<name>:<Class>"), imported
+    #: when first used: a process that runs one scheme loads no other (a client starts in
+    #: about a second less without the 128-bit kernels it does not need)
+    where: type[Protocol] | str
     setting: str  # e.g. "3PC passive": parties and adversary, in the paper's terms
     threat: str  # who may deviate or collude, and what stays protected
     cost: str  # one line for the command line's help: what a clip costs
@@ -48,8 +49,14 @@ class Scheme:
             raise ValueError(f"scheme {self.name}: state the rounds of exactly {ROUNDED}")
 
     @property
+    def protocol(self) -> type[Protocol]:
+        return self.where if isinstance(self.where, type) else _load(self.where)
+
+    @property
     def name(self) -> str:
-        return self.protocol.name
+        if isinstance(self.where, type):
+            return self.where.name
+        return self.where.partition(":")[0].rsplit(".", 1)[-1]
 
     @property
     def parties(self) -> int:
@@ -72,6 +79,12 @@ class Scheme:
         return n_parties + (1 if self.dealer else 0)
 
 
+@functools.cache
+def _load(where: str) -> type[Protocol]:
+    module, _, name = where.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _rounds(*, input: int, reveal: int, again: int, product: int, trunc: int, ltz: int,
             relu: int) -> dict[str, int]:
     """A scheme's round counts; every bilinear product (mul, matmul, conv) costs the same."""
@@ -81,24 +94,24 @@ def _rounds(*, input: int, reveal: int, again: int, product: int, trunc: int, lt
 
 #: Every scheme, in the order tables list them: by party count, passive before active.
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
-    Scheme(Additive, "2PC passive (dealer)",
+    Scheme("protocols.schemes.additive:Additive", "2PC passive (dealer)",
            "semi-honest; any n-1 of the compute parties may collude; the dealer colludes "
            "with nobody", "2PC passive with a dealer",
            rounds=_rounds(input=0, reveal=1, again=1, product=1, trunc=1, ltz=7, relu=7)),
-    Scheme(Spdz2k, "2PC active (dealer)",
+    Scheme("protocols.schemes.spdz2k:Spdz2k", "2PC active (dealer)",
            "all but one compute party may deviate (abort on cheating); the dealer is trusted",
            "2PC active with a dealer (about 0.5 s online and 5 s of dealing per clip)",
            active=True, batchable=False, max_bench_batch=1, comparison="DCF comparisons",
            rounds=_rounds(input=1, reveal=11, again=10, product=1, trunc=1, ltz=1, relu=2)),
-    Scheme(Replicated, "3PC passive",
+    Scheme("protocols.schemes.replicated:Replicated", "3PC passive",
            "semi-honest, honest majority: any one party learns nothing",
            "3PC passive, the fastest",
            rounds=_rounds(input=1, reveal=1, again=1, product=1, trunc=2, ltz=8, relu=8)),
-    Scheme(ReplicatedMac, "3PC active",
+    Scheme("protocols.schemes.replicated_mac:ReplicatedMac", "3PC active",
            "one party may deviate arbitrarily (abort on cheating), honest majority",
            "3PC active (about 1.5 s per clip)", active=True, batchable=False, max_bench_batch=1,
            rounds=_rounds(input=2, reveal=4, again=1, product=1, trunc=5, ltz=11, relu=11)),
-    Scheme(Rep4, "4PC active",
+    Scheme("protocols.schemes.rep4:Rep4", "4PC active",
            "one party may deviate arbitrarily (abort on cheating), honest majority",
            "4PC active", active=True,
            rounds=_rounds(input=1, reveal=2, again=1, product=1, trunc=2, ltz=9, relu=9)),

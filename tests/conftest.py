@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import os
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -20,6 +22,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import stats
+
+# the feature front end's cache (audio.spectral) in a folder of this run, not the user's
+# home; processes the tests start inherit it
+os.environ["SOTTOVOCE_CACHE"] = tempfile.mkdtemp(prefix="sottovoce-cache-")
 
 from mpc.launch import run_threads
 from mpc.net import tcp

@@ -19,6 +19,7 @@ from protocols.schemes.spdz2k import Spdz2k
     ("replicated_mac", ReplicatedMac, 3), ("rep4", Rep4, 4)])
 def test_registered_with_its_default_party_count(name, protocol, parties):
     assert SCHEMES[name].protocol is protocol and SCHEMES[name].parties == parties
+    assert SCHEMES[name].name == protocol.name == name  # named without importing the class
 
 
 def test_every_scheme_states_the_rounds_of_every_primitive():
