@@ -67,8 +67,10 @@ class Server:
         # at the dealer); material is used once, so an entry leaves the pool when used
         self.pool: dict[tuple[str, int], list[tuple[int, Any]]] = {}
         self._recent: list[int] = []  # batch sizes served lately, newest last
-        self._last_batch = 1  # requests in the last batch
+        self._last_requests = [1]  # requests in each of the last two batches
+        self._last_batch_end = 0.0  # when it ended (time.monotonic)
         self._poolable_versions: dict[str, bool] = {}
+        self._plans: dict[tuple[int, tuple[int, ...]], list] = {}
         self.current: Published | None = None
         self._stored_at = 0.0
         self._refresh()
@@ -259,25 +261,31 @@ class Server:
 
     def _gather(self, oldest: Request) -> list[Request]:
         """The queue once the batch of `oldest` has gathered: for the window after it
-        arrived, and while fewer requests are queued than the last batch held (its clients
-        are likely sending their next ones), up to `_BUSY_WINDOWS` windows."""
+        arrived, and while fewer requests are queued than the last two batches held, up to
+        `_BUSY_WINDOWS` windows after the last batch ended (its clients are likely sending
+        their next requests; two batches, because clients that alternate would otherwise
+        settle into two half batches)."""
         front, window = self.front, self.config.window
         with front.changed:
             while True:
                 queued = sorted(front.pending.values(), key=lambda r: r.arrived)
                 now = time.monotonic()
                 due = oldest.arrived + window
-                if len(queued) < self._last_batch:
-                    due = oldest.arrived + _BUSY_WINDOWS * window
+                if len(queued) < min(sum(self._last_requests), self.config.max_batch):
+                    # the last batch's clients learnt their labels when it ended
+                    due = max(due, self._last_batch_end + _BUSY_WINDOWS * window)
                 if now >= due or self.stopping.is_set():
                     return queued
                 front.changed.wait(due - now)
 
     def _refill(self, seq: int) -> dict | None:
-        """While nothing is queued: prepare a batch of a size served lately (one clip, and
-        the last two sizes seen) for the current version, if its pool is short."""
+        """While nothing is queued and nothing was for a while: prepare a batch of a size
+        served lately (one clip, and the last two sizes seen) for the current version, if
+        its pool is short."""
         if self.current is None or not self.config.pool or not self._poolable():
             return None
+        if time.monotonic() - self._last_batch_end < _BUSY_WINDOWS * self.config.window:
+            return None  # clients of the last batch may be sending their next requests
         for clips in dict.fromkeys([1, *reversed(self._recent)]):
             if len(self.pool.get((self.current.version, clips), [])) < self.config.pool:
                 return {"op": "prepare", "seq": seq, "version": self.current.version,
@@ -297,8 +305,15 @@ class Server:
         return self._poolable_versions[version]
 
     def _plan(self, model, sizes: list[int]) -> list:
-        return plan_of(Batch(model, sizes, len(self.config.servers)), self.config.compute,
-                       self.config.scheme)
+        """The batch's preprocessing plan (kept per model and split: a dry run of the
+        model costs tens of milliseconds)."""
+        key = (id(model), tuple(sizes))
+        if key not in self._plans:
+            if len(self._plans) > 64:
+                self._plans.clear()
+            self._plans[key] = plan_of(Batch(model, sizes, len(self.config.servers)),
+                                       self.config.compute, self.config.scheme)
+        return self._plans[key]
 
     def _await_op(self, channel) -> dict:
         """The coordinator's next message; while idle, look at the stop flag every tick."""
@@ -465,7 +480,7 @@ class Server:
         per_clip = int(np.prod(model.input_shape, dtype=np.int64))
         base = self._attach(channel, requests, [r.clips * per_clip for r in requests])
         sizes = [r.clips for r in requests]
-        self._last_batch = len(requests)
+        self._last_requests = [*self._last_requests, len(requests)][-2:]
         self._recent = [*[c for c in self._recent if c != sum(sizes)], sum(sizes)][-2:]
         before = channel.traffic.copy()
         start = time.perf_counter()
@@ -481,6 +496,7 @@ class Server:
             self._detach(channel, requests, base, exc)
             raise
         succeeded = self._detach(channel, requests, base)
+        self._last_batch_end = time.monotonic()
         spent = channel.traffic - before
         online = report.online_seconds if report is not None else time.perf_counter() - start
         self.batches += 1

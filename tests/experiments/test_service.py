@@ -13,11 +13,12 @@ import urllib.request
 import pytest
 from conftest import bundled_clips, loaded, plaintext_labels
 
+from experiments import cli
 from experiments.service import client
 from experiments.service.config import load_service
 from experiments.service.local import LocalService, write_local_service
 from experiments.service.server import Server
-from mpc.errors import CheatingDetected, SottovoceError
+from mpc.errors import AuthenticationError, CheatingDetected, SottovoceError
 from protocols.testing.tamper import Tamper, install
 
 
@@ -76,7 +77,7 @@ def test_a_service_serves_clients_at_once_and_resumes_after_a_party_restarts(tmp
     clips = bundled_clips(3)
     expected = plaintext_labels(clips)
     path = write_local_service(tmp_path, "replicated", clients=("alice", "carol"),
-                               window_ms=500, timeout=20, client_timeout=3, lanes=2)
+                               window_ms=400, timeout=20, client_timeout=3, lanes=2)
     text = path.read_text().replace('state = "state"', 'state = "state"\nmetrics_port = 0')
     port = _free_port()
     path.write_text(text.replace("metrics_port = 0", f"metrics_port = {port}"))
@@ -111,6 +112,16 @@ def test_a_service_serves_clients_at_once_and_resumes_after_a_party_restarts(tmp
         stalled = _stall(path, "carol")
         assert client.classify(path, clips[:1], client="alice", lane=0) == expected[:1]
         stalled.close()
+        # a key the service does not list is refused; an operator adds it, without a restart
+        fingerprint = client.make_client_key(tmp_path / "keys", "dave")
+        own_copy = tmp_path / "dave.toml"  # dave's copy of the file lists his key already
+        own_copy.write_text(path.read_text() + f'\n[[client]]\nname = "dave"\n'
+                            f'fingerprint = "{fingerprint}"\n')
+        with pytest.raises(AuthenticationError, match="unknown key"):
+            client.classify(own_copy, clips[:1], client="dave", lane=0)
+        assert cli.main(["clients", "add", "--cluster", str(path), "dave", fingerprint]) == 0
+        time.sleep(1.5)  # the roles read the file again within a second
+        assert client.classify(path, clips[:1], client="dave", lane=0) == expected[:1]
         # a role that dies fails the requests it was needed for, with its name, and hangs
         # nothing; restarted, it serves the published model from its own disk
         service.kill("2")
