@@ -105,7 +105,11 @@ class Server:
 
     # -- what the front door asks ----------------------------------------------------------
     def _describe(self) -> dict | None:
+        """The version to describe to a client: the newest stored, even before this role's
+        loop adopts it (another lane of this party may just have published it)."""
         current = self.current
+        if self.store.stamp() != self._stored_at:
+            current = self.store.load_current() or current
         if current is None:
             return None
         return {"version": current.version, **current.description}
