@@ -32,7 +32,7 @@ from experiments.service.frontdoor import FrontDoor, Request, close
 from experiments.service.programs import Batch, Publish, parameter_count
 from experiments.service.state import Published, Store
 from mpc.cluster import start_party
-from mpc.errors import PeerTimeout, ProtocolError, SottovoceError
+from mpc.errors import PeerLost, PeerTimeout, ProtocolError, SottovoceError
 from mpc.limits import external_value_bytes
 from mpc.net.expect import BYTES, Expect
 from mpc.prg import KEY_BYTES, PRG
@@ -201,8 +201,12 @@ class Server:
             log.info("%s: %s", self.name, self.state)
             try:
                 runtime = start_party(self.config.cluster, self.me, config)
-            except PeerTimeout as exc:
+            except (PeerTimeout, PeerLost, ProtocolError) as exc:
+                # a peer not up yet, or one that gave up on this attempt while this role
+                # finished it (e.g. during key agreement): try again; a wrong key or a bad
+                # file (AuthenticationError, ConfigError) stops the role
                 log.info("%s: still waiting: %s", self.name, exc)
+                time.sleep(_IDLE_TICK)
                 continue
             self.ready, self.state = True, "ready"
             log.info("%s: ready", self.name)
