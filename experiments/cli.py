@@ -175,7 +175,6 @@ def _fingerprint_argument(item: str) -> str:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    import socket
 
     from experiments.deploy import Roles
     from mpc.cluster import load_cluster, write_cluster
@@ -193,16 +192,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                              "--base-port (role i listens on base+i)")
     if args.base_port:
         ports = [args.base_port + i for i in range(total)]
-    else:  # free ports on this machine, for a local trial: all probes stay open until
-        # every port is chosen, so the OS cannot hand out the same port twice
-        probes = [socket.socket() for _ in range(total)]
-        try:
-            for probe in probes:
-                probe.bind(("127.0.0.1", 0))
-            ports = [probe.getsockname()[1] for probe in probes]
-        finally:
-            for probe in probes:
-                probe.close()
+    else:  # free ports on this machine, for a local trial
+        from mpc.net.tcp import free_local_ports
+
+        ports = free_local_ports(total)
     directory = Path(args.directory)
     if args.fingerprints:
         pins = [_fingerprint_argument(item) for item in args.fingerprints.split(",")]

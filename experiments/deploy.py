@@ -100,7 +100,7 @@ class Roles:
         return self.run_config(cluster.timeout)
 
 
-def _send_json(channel: Channel, peers: list[int], document: dict) -> None:
+def send_document(channel: Channel, peers: list[int], document: dict) -> None:
     data = np.frombuffer(json.dumps(document).encode(), dtype=np.uint8)
     channel.exchange(dict.fromkeys(peers, data), ())
 
@@ -109,7 +109,7 @@ def _send_json(channel: Channel, peers: list[int], document: dict) -> None:
 MAX_DOCUMENT_BYTES = 1 << 20
 
 
-def _recv_json(channel: Channel, peer: int, keys: tuple[str, ...] = ()) -> dict:
+def receive_document(channel: Channel, peer: int, keys: tuple[str, ...] = ()) -> dict:
     """A JSON object from `peer` holding `keys`, or a `ProtocolError` naming the peer."""
     raw = channel.recv_bytes(peer)
     where = f"{channel.who(peer)} sent a malformed document at step '{channel.step}'"
@@ -139,8 +139,20 @@ def _limit(channel: Channel, peers: list[int] | tuple[int, ...], max_bytes: int)
 
 
 # -- the compute parties' program --------------------------------------------------------
-def _parameter_count(model: SecureModel) -> int:
+def parameter_count(model: SecureModel) -> int:
     return sum(int(np.prod(shape, dtype=np.int64)) for _, _, shape in model.parameter_slots())
+
+
+def layer_parameters(model: SecureModel, flat: SecretTensor) -> list[dict[str, SecretTensor]]:
+    """Every layer's parameters as slices of `flat` (shares of `flat_weights`): what
+    `Layer.call` takes, by layer index."""
+    params: list[dict[str, SecretTensor]] = [{} for _ in model.layers]
+    offset = 0
+    for k, key, shape in model.parameter_slots():
+        size = int(np.prod(shape, dtype=np.int64))
+        params[k][key] = flat[offset:offset + size].reshape(*shape)
+        offset += size
+    return params
 
 
 def flat_weights(model: SecureModel) -> np.ndarray:
@@ -164,14 +176,9 @@ class ExternalInference:
     _params: list = field(default_factory=list, repr=False)
 
     def setup(self, protocol: Protocol) -> None:
-        slots = self.model.parameter_slots()
-        sizes = [int(np.prod(shape, dtype=np.int64)) for _, _, shape in slots]
-        flat = SecretTensor.input_external(protocol, self.roles.model_owner, (sum(sizes),))
-        self._params = [{} for _ in self.model.layers]
-        offset = 0
-        for (k, key, shape), size in zip(slots, sizes, strict=True):
-            self._params[k][key] = flat[offset:offset + size].reshape(*shape)
-            offset += size
+        flat = SecretTensor.input_external(protocol, self.roles.model_owner,
+                                           (parameter_count(self.model),))
+        self._params = layer_parameters(self.model, flat)
 
     def __call__(self, protocol: Protocol) -> None:
         f = self.model.fixed.frac_bits
@@ -190,11 +197,11 @@ def compute_party_role(runtime: Runtime, roles: Roles) -> None:
     channel.limit(roles.model_owner, MAX_DOCUMENT_BYTES + _ANY_MODEL_WEIGHTS)
     channel.limit(roles.client, MAX_DOCUMENT_BYTES + _ANY_BATCH_FEATURES)
     with channel.stage("model description"):
-        document = _recv_json(channel, roles.model_owner, ("model",))
+        document = receive_document(channel, roles.model_owner, ("model",))
     model = from_description(document["model"])
-    channel.limit(roles.model_owner, external_value_bytes(_parameter_count(model)))
+    channel.limit(roles.model_owner, external_value_bytes(parameter_count(model)))
     with channel.stage("client request"):
-        batch = checked_batch(_recv_json(channel, roles.client), channel.who(roles.client))
+        batch = checked_batch(receive_document(channel, roles.client), channel.who(roles.client))
     channel.limit(roles.client, external_value_bytes(_input_elements(model, batch)))
     program = ExternalInference(model, batch, roles)
     plan = plan_of(ExternalInference(model, batch, roles), roles.compute, roles.scheme)
@@ -205,8 +212,8 @@ def dealer_role_of(runtime: Runtime, roles: Roles) -> None:
     """Learn the shapes, plan, and serve the preprocessing."""
     channel = runtime.channel
     _limit(channel, (roles.model_owner, roles.client), MAX_DOCUMENT_BYTES)
-    model = from_description(_recv_json(channel, roles.model_owner, ("model",))["model"])
-    batch = checked_batch(_recv_json(channel, roles.client), channel.who(roles.client))
+    model = from_description(receive_document(channel, roles.model_owner, ("model",))["model"])
+    batch = checked_batch(receive_document(channel, roles.client), channel.who(roles.client))
     plan = plan_of(ExternalInference(model, batch, roles), roles.compute, roles.scheme)
     dealer_role(runtime, roles.scheme, plan)
 
@@ -216,9 +223,9 @@ def model_owner_role(runtime: Runtime, roles: Roles, model: SecureModel,
     """Bob: publish the architecture and feature settings, then enter the weights."""
     channel = runtime.channel
     servers = [p for p in channel.peers if p != roles.client]
-    _limit(channel, servers, external_value_bytes(_parameter_count(model)))
+    _limit(channel, servers, external_value_bytes(parameter_count(model)))
     channel.limit(roles.client, 0)
-    _send_json(channel, list(channel.peers), {"model": describe(model),
+    send_document(channel, list(channel.peers), {"model": describe(model),
                                               "features": feature_config})
     with channel.stage("weights"):
         roles.scheme.protocol.give_external(channel, roles.endpoints, flat_weights(model))
@@ -234,7 +241,7 @@ def client_role(runtime: Runtime, roles: Roles, clips: list[str | os.PathLike]) 
     _limit(channel, servers, _ANY_BATCH_FEATURES)
     channel.limit(roles.model_owner, MAX_DOCUMENT_BYTES)
     with channel.stage("model description"):
-        document = _recv_json(channel, roles.model_owner, ("model", "features"))
+        document = receive_document(channel, roles.model_owner, ("model", "features"))
     model = from_description(document["model"])
     config = audio.FeatureConfig.from_dict(document["features"])
     features = np.stack([audio.features(audio.load(c, sample_rate=config.sample_rate),
@@ -244,7 +251,7 @@ def client_role(runtime: Runtime, roles: Roles, clips: list[str | os.PathLike]) 
                           f"{model.input_shape}")
     batch = len(clips)
     _limit(channel, servers, external_value_bytes(_input_elements(model, batch)))
-    _send_json(channel, servers, {"batch": batch})
+    send_document(channel, servers, {"batch": batch})
     scheme = roles.scheme.protocol
     with channel.stage("features"):
         scheme.give_external(channel, roles.endpoints, model.fixed.encode(features))

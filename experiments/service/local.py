@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,8 @@ from pathlib import Path
 from experiments.service.client import make_client_key, status
 from mpc.errors import ConfigError
 from mpc.net.certs import make_certificates
+from mpc.net.tcp import free_local_ports
 from protocols import registry
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def write_local_service(directory: str | Path, scheme: str, clients: tuple[str, ...] = ("alice",),
@@ -40,7 +32,7 @@ def write_local_service(directory: str | Path, scheme: str, clients: tuple[str, 
     spec = registry.get(scheme)
     servers = spec.endpoints(spec.parties)
     make_certificates(directory / "keys", servers)
-    ports = _free_ports(2 * servers * lanes)
+    ports = free_local_ports(2 * servers * lanes)
     lines = ["[cluster]", f"scheme = {json.dumps(spec.name)}",
              f"compute_parties = {spec.parties}", f"timeout = {float(timeout)}",
              "connect_timeout = 10.0", "", "[service]", f"window_ms = {float(window_ms)}",

@@ -10,15 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from experiments.deploy import layer_parameters, parameter_count
 from nn import graph
 from nn.model import SecureModel
 from protocols.base import Protocol
 from protocols.functions import argmax
 from protocols.tensor import SecretTensor
-
-
-def parameter_count(model: SecureModel) -> int:
-    return sum(int(np.prod(shape, dtype=np.int64)) for _, _, shape in model.parameter_slots())
 
 
 @dataclass
@@ -50,18 +47,11 @@ class Batch:
     _params: list = field(default_factory=list, repr=False)
 
     def setup(self, protocol: Protocol) -> None:
-        slots = self.model.parameter_slots()
-        total = parameter_count(self.model)
         share = self.weights
         if share is None or share.shape[0] != protocol.components:
-            share = np.zeros((protocol.components, total), dtype=np.uint64)
-        flat = SecretTensor(protocol, share)
-        self._params = [{} for _ in self.model.layers]
-        offset = 0
-        for k, key, shape in slots:
-            size = int(np.prod(shape, dtype=np.int64))
-            self._params[k][key] = flat[offset:offset + size].reshape(*shape)
-            offset += size
+            share = np.zeros((protocol.components, parameter_count(self.model)),
+                             dtype=np.uint64)
+        self._params = layer_parameters(self.model, SecretTensor(protocol, share))
 
     def __call__(self, protocol: Protocol) -> None:
         f = self.model.fixed.frac_bits

@@ -26,32 +26,25 @@ from typing import Any
 
 import numpy as np
 
+from experiments.deploy import parameter_count, receive_document, send_document
 from experiments.service import messages
 from experiments.service.config import ServiceConfig, load_service
 from experiments.service.frontdoor import FrontDoor, Request, close
-from experiments.service.programs import Batch, Publish, parameter_count
+from experiments.service.programs import Batch, Publish
 from experiments.service.state import Published, Store
 from mpc.cluster import start_party
 from mpc.errors import PeerLost, PeerTimeout, ProtocolError, SottovoceError
 from mpc.limits import external_value_bytes
-from mpc.net.expect import BYTES, Expect
+from mpc.net.expect import Expect
 from mpc.prg import KEY_BYTES, PRG
 from mpc.runtime import RunConfig, Runtime, agree_pair_keys
 from nn.describe import from_description
 from protocols.run import party_role, plan_of, prepare, run_online
 
 log = logging.getLogger("sottovoce.service")
-_DOCUMENT = BYTES
 _OPS = ("stop", "batch", "publish", "prepare")  # what party 0 may send the others
 _IDLE_TICK = 0.25  # seconds between looks at the stop flag and the links while idle
 _BUSY_WINDOWS = 4  # how many windows a batch may wait for as many requests as the last
-
-
-def _send_op(channel, peers, op: dict) -> None:
-    import json
-
-    data = np.frombuffer(json.dumps(op).encode(), dtype=np.uint8)
-    channel.exchange(dict.fromkeys(peers, data), ())
 
 
 class Server:
@@ -224,7 +217,7 @@ class Server:
                 op = self._next_op(channel, seq)
                 if op is None:
                     continue
-                _send_op(channel, peers, op)
+                send_document(channel, peers, op)
             else:
                 op = self._await_op(channel)
             if op["op"] == "stop":
@@ -325,8 +318,6 @@ class Server:
 
     def _await_op(self, channel) -> dict:
         """The coordinator's next message; while idle, look at the stop flag every tick."""
-        import json
-
         timeout = channel.timeout
         try:
             while True:
@@ -337,17 +328,13 @@ class Server:
                                       "(waiting for the next batch)")
                 channel.timeout = _IDLE_TICK
                 try:
-                    raw = channel.recv(0, expect=_DOCUMENT, what="as the next batch")
+                    op = receive_document(channel, 0, ("op",))
                 except PeerTimeout:
                     continue
                 finally:
                     channel.timeout = timeout
-                try:
-                    op = json.loads(raw.tobytes().decode())
-                except ValueError as exc:
-                    raise ProtocolError(f"party 0 sent a malformed batch: {exc}") from None
-                if not isinstance(op, dict) or op.get("op") not in _OPS:
-                    raise ProtocolError(f"party 0 sent an unknown operation {op!r:.80}")
+                if op["op"] not in _OPS:
+                    raise ProtocolError(f"party 0 sent an unknown operation {op['op']!r:.80}")
                 return op
         finally:
             channel.timeout = timeout

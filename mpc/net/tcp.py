@@ -402,6 +402,19 @@ class TcpChannel(Channel):
             sock.close()
 
 
+def free_local_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 now, for a trial on this machine: every probe
+    stays open until all are chosen, so the OS cannot hand out the same port twice."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def listen(address: Address) -> socket.socket:
     """A listening socket; port 0 lets the operating system choose."""
     sock = socket.create_server(address, reuse_port=False)

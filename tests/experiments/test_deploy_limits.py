@@ -130,13 +130,13 @@ class _Raw(_Inbox):
 def test_a_malformed_document_names_its_sender(raw):
     roles = Roles.for_scheme(registry.get("replicated"))
     with pytest.raises(ProtocolError, match="the client sent a malformed document"):
-        deploy._recv_json(_Raw(roles, raw), roles.client, ("batch",))
+        deploy.receive_document(_Raw(roles, raw), roles.client, ("batch",))
 
 
 def test_a_document_without_the_expected_fields_is_refused():
     roles = Roles.for_scheme(registry.get("replicated"))
     with pytest.raises(ProtocolError, match="expected an object with model"):
-        deploy._recv_json(_Raw(roles, b'{"features": {}}'), roles.model_owner, ("model",))
+        deploy.receive_document(_Raw(roles, b'{"features": {}}'), roles.model_owner, ("model",))
 
 
 def test_each_step_narrows_what_the_client_and_owner_may_send(no_planning) -> None:

@@ -19,12 +19,8 @@ from experiments.service.config import load_service
 from experiments.service.local import LocalService, write_local_service
 from experiments.service.server import Server
 from mpc.errors import AuthenticationError, CheatingDetected, SottovoceError
+from mpc.net.tcp import free_local_ports
 from protocols.testing.tamper import Tamper, install
-
-
-def _free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        return s.getsockname()[1]
 
 
 def _publish(path, version: str = "v1") -> None:
@@ -79,7 +75,7 @@ def test_a_service_serves_clients_at_once_and_resumes_after_a_party_restarts(tmp
     path = write_local_service(tmp_path, "replicated", clients=("alice", "carol"),
                                window_ms=400, timeout=20, client_timeout=3, lanes=2)
     text = path.read_text().replace('state = "state"', 'state = "state"\nmetrics_port = 0')
-    port = _free_port()
+    (port,) = free_local_ports(1)
     path.write_text(text.replace("metrics_port = 0", f"metrics_port = {port}"))
     service = LocalService(path)
     service.start()
