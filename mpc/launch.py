@@ -7,7 +7,6 @@ has the channel timeout, and the process launcher also has an overall deadline.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pickle
 import tempfile
@@ -18,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mpc import ring
+from mpc import forking, ring
 from mpc.errors import PartyFailed, PeerLost, SottovoceError
 from mpc.net.certs import TlsFiles, make_certificates
 from mpc.net.inprocess import InProcessNetwork
@@ -128,13 +127,13 @@ def run_processes(roles: Sequence[Role], config: RunConfig, cert_dir: str | Path
     network puts relays in between); parties still listen where they are.
     """
     n = len(roles)
-    ctx = multiprocessing.get_context("spawn")
+    ctx = forking.party_context()
     with tempfile.TemporaryDirectory(prefix="sottovoce-certs-") as tmp:
         tls = make_certificates(cert_dir or tmp, n)
         port_queue, result_queue = ctx.Queue(), ctx.Queue()
         pipes = [ctx.Pipe(duplex=False) for _ in range(n)]
-        # Roles travel through files in the private temporary folder, not the spawn pipe:
-        # CPython writes the spawn payload before it closes the child's end, so a child that
+        # Roles travel through files in the private temporary folder, not the start pipe:
+        # CPython writes the start payload before it closes the child's end, so a child that
         # dies at start-up would leave the launcher blocked forever on a large payload.
         role_files = []
         for p in range(n):
@@ -168,7 +167,8 @@ def _collect(procs: list, pipes: list, port_queue: Any, result_queue: Any,
     ports: dict[int, int] = {}
     start = time.monotonic()
     while len(ports) < n:
-        remaining = connect_timeout + 60 - (time.monotonic() - start)  # spawn imports numpy
+        # the first launch also starts the fork server, which imports everything
+        remaining = connect_timeout + 60 - (time.monotonic() - start)
         if remaining <= 0:
             raise PartyFailed(min(set(range(n)) - ports.keys()), "did not start")
         try:

@@ -362,10 +362,18 @@ def warmup(threads: int | None = None) -> None:
     """
     if threads is not None:
         set_threads(threads)
+    load_serial_kernels()
     small = np.ones((2, 3), dtype=np.uint64)
     matmul64(small, small.T)
     big = np.ones((64, 256), dtype=np.uint64)
     matmul64(big, np.ones((256, 256), dtype=np.uint64))
+
+
+def load_serial_kernels() -> None:
+    """Load the serial product kernel without touching numba's thread pool, which a process
+    that forks parties (`mpc.preload`) must not start."""
+    one = np.ones((1, 1), dtype=np.uint64)
+    _matmul64_tile(one, one, np.empty((1, 1), dtype=np.uint64), 0, 1, 0, 1, 0, 1)
 
 
 def set_threads(threads: int) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpc import forking
 from mpc.limits import MAX_BATCH
 from nn.emulator import emulate
 from nn.layers import MODEL_OWNER
@@ -18,6 +19,8 @@ from nn.model import CLIENT, LayerStats, PrivateInference, SecureModel
 from protocols import registry
 from protocols.registry import Scheme
 from protocols.run import PartyReport, run
+
+forking.preload("nn.inference")  # the inference roles, imported before parties fork
 
 
 @dataclass

@@ -17,9 +17,12 @@ import functools
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mpc.errors import ConfigError
-from protocols.base import Protocol
+
+if TYPE_CHECKING:  # the schemes' modules load when first used (`Scheme.protocol`)
+    from protocols.base import Protocol
 
 #: The primitives whose online rounds every scheme states (measured by tests/protocols).
 ROUNDED = ("input", "reveal", "reveal again", "mul", "matmul", "conv", "trunc", "ltz", "relu")
@@ -51,6 +54,13 @@ class Scheme:
     @property
     def protocol(self) -> type[Protocol]:
         return self.where if isinstance(self.where, type) else _load(self.where)
+
+    @property
+    def module(self) -> str:
+        """The module that defines the scheme's `Protocol` class."""
+        if isinstance(self.where, type):
+            return self.where.__module__
+        return self.where.partition(":")[0]
 
     @property
     def name(self) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mpc import forking
 from mpc.errors import ProtocolError
 from mpc.launch import run_processes, run_threads
 from mpc.net.channel import Traffic
@@ -25,6 +26,9 @@ from protocols.base import Protocol
 from protocols.blocks import bitslice
 from protocols.preprocessing.correlations import Request
 from protocols.registry import Scheme
+
+# a launch that did not choose its scheme beforehand may run any: parties start with all
+forking.preload("protocols.preload", "protocols.preload_all")
 
 Program = Callable[[Protocol], Any]
 #: Called with each endpoint's runtime before its role starts (tests install faults with it).
