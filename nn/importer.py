@@ -30,7 +30,7 @@ from nn.model import SecureModel
 from nn.tracing import MODEL_INPUT
 from protocols.activations import APPROXIMATIONS
 
-ACCUMULATOR_LIMIT = 2.0**61  # pre-truncation values (scale 2^2f) must stay below this
+ACCUMULATOR_LIMIT = L.ACCUMULATOR_LIMIT  # pre-truncation values (scale 2^2f) stay below it
 # The chosen precision (frac_bits=None): the largest f in MIN_FRAC_BITS..MAX_FRAC_BITS whose
 # accumulators, on the probes, stay below ACCUMULATOR_LIMIT / 2^HEADROOM_BITS, i.e. inputs
 # 2^HEADROOM_BITS = 256 times larger than any probe still fit (for a linear model exactly;
@@ -376,6 +376,24 @@ def choose_frac_bits(ranges: list[_Range]) -> tuple[int, str]:
     return f, binding.describe()
 
 
+def _check_compared_values(model: SecureModel, outputs: dict[int, np.ndarray],
+                           where: list[str]) -> None:
+    """Refuse a model whose comparisons would leave their width on the probes: every layer's
+    output may be compared (a ReLU, a max pool, the argmax over the logits), as itself or as
+    the difference of two, within [-2^bits, 2^bits) (`nn.layers.comparison_bits`)."""
+    f = model.fixed.frac_bits
+    bits = L.comparison_bits(f)
+    for layer, index in zip(model.layers, model.torch_index, strict=True):
+        if index not in outputs:
+            continue
+        peak = float(np.abs(outputs[index]).max())
+        if 2 * peak * 2.0**f >= 2.0**bits:
+            raise ModelImportError(
+                f"layer {layer.name} ({where[index]}) reaches {peak:.3g} on the probes; "
+                f"with {f} fractional bits the comparisons hold differences below "
+                f"{2.0 ** (bits - f):.3g}")
+
+
 def validate(model: SecureModel, traced: tracing.Traced, probes: np.ndarray,
              torch_pass: tuple[dict[int, np.ndarray], np.ndarray] | None = None
              ) -> ImportReport:
@@ -395,6 +413,7 @@ def validate(model: SecureModel, traced: tracing.Traced, probes: np.ndarray,
                     "on the probes; "
                     f"fixed point with {f} fractional bits overflows above "
                     f"{ACCUMULATOR_LIMIT / 2 ** (2 * f):.3g}")
+    _check_compared_values(model, outputs, where)
     logits, per_layer = emulate(model, probes)
     errors = []
     for layer, index, scale, value in zip(model.layers, model.torch_index, model.scale,

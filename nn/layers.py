@@ -21,9 +21,26 @@ import numpy as np
 from protocols import activations, normalization, ops
 from protocols.base import Protocol
 from protocols.functions import maximum
+from protocols.preprocessing.correlations import FULL_BITS
 from protocols.tensor import SecretTensor
 
 MODEL_OWNER = 1
+#: Pre-truncation values (scale 2^2f) stay below this: the import check refuses a model
+#: whose accumulators reach it on the probes (truncation itself needs |x| < 2^62).
+ACCUMULATOR_LIMIT = 2.0**61
+
+
+def comparison_bits(frac_bits: int) -> int:
+    """How many bits the model's ReLUs and its argmax compare (`Protocol.ltz`).
+
+    A layer's output at scale 2^f is a truncated accumulator, below ACCUMULATOR_LIMIT / 2^f
+    = 2^(61 - f), or built from a few of them (a pooled value, a residual sum); what is
+    compared is one such value (a ReLU's input) or the difference of two (the argmax's).
+    [-2^(63 - f), 2^(63 - f)) holds four times the bound, and the import check refuses a
+    model whose layer outputs do not fit on the probes (`nn.importer.validate`). Where a
+    scheme narrows its comparisons, this cuts their AND gates and mask bits by f / 63: 38 %
+    at f = 24. Max pools compare all 64 bits: a padded window holds -2^31."""
+    return min(FULL_BITS, 63 - frac_bits)
 
 
 @dataclass
@@ -162,7 +179,7 @@ class ReLU(Layer):
 
     def forward(self, x, params, frac_bits):
         """Element-wise max(x, 0) through the scheme's comparison."""
-        return x.relu()
+        return x.relu(comparison_bits(frac_bits))
 
 
 @dataclass
@@ -218,7 +235,7 @@ class Pool2d(Layer):
             windows = x.reshape(b, c, h * w)[:, :, index].reshape(b, c, ho, wo, -1)
         if self.mode == "sum":
             return windows.sum(axis=-1)
-        return maximum(windows)
+        return maximum(windows)  # all 64 bits: a padded window holds -2^31 (nn.convert)
 
 
 @dataclass

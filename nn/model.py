@@ -9,7 +9,7 @@ import numpy as np
 
 from mpc.fixedpoint import FixedPoint
 from nn import graph
-from nn.layers import MODEL_OWNER, Layer
+from nn.layers import MODEL_OWNER, Layer, comparison_bits
 from protocols.base import Protocol
 from protocols.functions import argmax
 from protocols.tensor import SecretTensor
@@ -147,7 +147,7 @@ class PrivateInference:
             return out
 
         logits = graph.evaluate(model.layers, x, step).reshape(batch, -1)
-        label = meter("argmax", lambda: argmax(logits))
+        label = meter("argmax", lambda: argmax(logits, comparison_bits(f)))
         labels = meter("reveal", lambda: label.reveal(CLIENT))
         revealed_logits = logits.reveal(CLIENT) if self.reveal_logits else None
         return InferenceOutput(labels, revealed_logits, self._setup_stats + meter.stats,

@@ -20,7 +20,7 @@ from mpc.runtime import Runtime
 from protocols import external
 from protocols.ops import Conv2d, MatMul, Mul
 from protocols.preprocessing import store
-from protocols.preprocessing.correlations import Request
+from protocols.preprocessing.correlations import FULL_BITS, Request
 
 if TYPE_CHECKING:  # the planner builds on this module
     from protocols.clear import Planner
@@ -167,12 +167,13 @@ class Protocol(ABC):
         return self.trunc(z if bias is None else self.add(z, bias), frac_bits)
 
     @abstractmethod
-    def ltz(self, x: np.ndarray) -> np.ndarray:
-        """Shares of the bit [x < 0] as a ring element."""
+    def ltz(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
+        """Shares of the bit [x < 0] as a ring element, for x in [-2^bits, 2^bits): a scheme
+        may compare only that many bits (the masked schemes do; the others compare all)."""
 
     @abstractmethod
-    def relu(self, x: np.ndarray) -> np.ndarray:
-        """Shares of max(x, 0)."""
+    def relu(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
+        """Shares of max(x, 0), for x in [-2^bits, 2^bits) (see `ltz`)."""
 
     # -- values from and to endpoints outside the computation (client, model owner) -------
     # The defaults are the passive method of `protocols.external` (privacy only); the active
@@ -237,8 +238,8 @@ class MaskedPrimitives:
     def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
         return self._masked("trunc", x, frac_bits=frac_bits)
 
-    def ltz(self, x: np.ndarray) -> np.ndarray:
-        return self._masked("ltz", x)
+    def ltz(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
+        return self._masked("ltz", x, bits=bits)
 
-    def relu(self, x: np.ndarray) -> np.ndarray:
-        return self._masked("relu", x)
+    def relu(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
+        return self._masked("relu", x, bits=bits)

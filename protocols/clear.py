@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from protocols.base import BilinearOp, Protocol, as_ring
-from protocols.preprocessing.correlations import Request
+from protocols.preprocessing.correlations import FULL_BITS, Request
 
 MSB = np.uint64(63)
 
@@ -52,10 +52,10 @@ class Clear(Protocol):
     def trunc(self, x: np.ndarray, frac_bits: int) -> np.ndarray:
         return (x.view(np.int64) >> np.int64(frac_bits)).view(np.uint64)
 
-    def ltz(self, x: np.ndarray) -> np.ndarray:
+    def ltz(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
         return x >> MSB
 
-    def relu(self, x: np.ndarray) -> np.ndarray:
+    def relu(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
         return np.where(x >> MSB, np.uint64(0), x)
 
 
@@ -85,10 +85,10 @@ class Planner(Clear):
         self.plan.append(Request("trunc", x.shape[1:], frac_bits=frac_bits))
         return x
 
-    def ltz(self, x: np.ndarray) -> np.ndarray:
-        self.plan.append(Request("ltz", x.shape[1:]))
+    def ltz(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
+        self.plan.append(Request("ltz", x.shape[1:], bits=bits))
         return x
 
-    def relu(self, x: np.ndarray) -> np.ndarray:
-        self.plan.append(Request("relu", x.shape[1:]))
+    def relu(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
+        self.plan.append(Request("relu", x.shape[1:], bits=bits))
         return x

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from protocols.preprocessing.correlations import FULL_BITS
 from protocols.tensor import SecretTensor
 
 
@@ -23,13 +24,14 @@ def _product_tree(bits: SecretTensor) -> SecretTensor:
     return bits[..., 0]
 
 
-def argmax(x: SecretTensor) -> SecretTensor:
-    """Shares of the index of the largest entry along the last axis (first one on ties)."""
+def argmax(x: SecretTensor, bits: int = FULL_BITS) -> SecretTensor:
+    """Shares of the index of the largest entry along the last axis (first one on ties).
+    `bits` bounds the pairwise differences: each lies in [-2^bits, 2^bits)."""
     classes = x.shape[-1]
     if classes == 1:
         return x[..., 0] * 0
     left, right = np.triu_indices(classes, k=1)
-    less = (x[..., left] - x[..., right]).ltz()  # [x_i < x_j] for each pair i < j
+    less = (x[..., left] - x[..., right]).ltz(bits)  # [x_i < x_j] for each pair i < j
     beats = 1 - less  # i beats j (ties go to the lower index)
     # wins[..., i, :] lists the C-1 pair outcomes that must all favour class i
     pair_of = {}
@@ -51,14 +53,15 @@ def argmax(x: SecretTensor) -> SecretTensor:
     return (wins * np.arange(classes, dtype=np.uint64)).sum(axis=-1)
 
 
-def maximum(x: SecretTensor) -> SecretTensor:
+def maximum(x: SecretTensor, bits: int = FULL_BITS) -> SecretTensor:
     """Shares of the maximum along the last axis by a halving tree: max(a, b) =
-    b + (a - b) * [a >= b]; each level is one comparison and one product."""
+    b + (a - b) * [a >= b]; each level is one comparison (of differences in [-2^bits,
+    2^bits)) and one product."""
     while x.shape[-1] > 1:
         half = x.shape[-1] // 2
         a, b = x[..., :half], x[..., half:2 * half]
         diff = a - b
-        keep_a = 1 - diff.ltz()
+        keep_a = 1 - diff.ltz(bits)
         best = b + diff * keep_a
         if x.shape[-1] % 2:
             best = SecretTensor.concatenate([best, x[..., -1:]], axis=-1)

@@ -12,6 +12,7 @@ import numpy as np
 
 from protocols.base import Protocol, as_ring
 from protocols.ops import Conv2d, MatMul, Mul
+from protocols.preprocessing.correlations import FULL_BITS
 
 
 class SecretTensor:
@@ -159,12 +160,14 @@ class SecretTensor:
         """Divide by 2^frac_bits (probabilistic: floor or one more)."""
         return self._wrap(self.protocol.trunc(self.share, frac_bits))
 
-    def ltz(self) -> SecretTensor:
-        """The bit [x < 0] for each element, as ring elements 0/1."""
-        return self._wrap(self.protocol.ltz(self.share))
+    def ltz(self, bits: int = FULL_BITS) -> SecretTensor:
+        """The bit [x < 0] for each element, as ring elements 0/1; `bits` narrows the
+        comparison to values in [-2^bits, 2^bits) where the scheme can (see Protocol.ltz)."""
+        return self._wrap(self.protocol.ltz(self.share, bits))
 
-    def relu(self) -> SecretTensor:
-        return self._wrap(self.protocol.relu(self.share))
+    def relu(self, bits: int = FULL_BITS) -> SecretTensor:
+        """max(x, 0) for each element (`bits` as for `ltz`)."""
+        return self._wrap(self.protocol.relu(self.share, bits))
 
     def __repr__(self) -> str:
         return f"SecretTensor(shape={self.shape}, scheme={self.protocol.name})"

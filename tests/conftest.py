@@ -293,8 +293,9 @@ P_FLOOR = 1e-6  # a genuine leak gives p far below this; a correct protocol almo
 
 
 def transcripts(monkeypatch: pytest.MonkeyPatch, scheme: str, n_parties: int, observer: int,
-                value: Any, runs: int = RUNS, ring_words_only: bool = False) -> np.ndarray:
-    """Everything `observer` receives during one `ltz` of `value`, once per run:
+                value: Any, runs: int = RUNS, ring_words_only: bool = False,
+                bits: int = 63) -> np.ndarray:
+    """Everything `observer` receives during one `ltz` of `value` (over `bits`), once per run:
     (runs, words) uint64, each row the run's messages concatenated in order.
     `ring_words_only` leaves out messages that are not uint64 (hash digests, commitments)."""
     log: list[np.ndarray] = []
@@ -313,7 +314,7 @@ def transcripts(monkeypatch: pytest.MonkeyPatch, scheme: str, n_parties: int, ob
     value_array = u64(np.array([value]))
 
     def program(p):
-        secret(p, value_array, 0).ltz()
+        secret(p, value_array, 0).ltz(bits)
 
     rows = []
     for _ in range(runs):
@@ -394,12 +395,17 @@ class RecordsOutputs:
 
 
 class TamperProgram(RecordsOutputs):
-    """input, mul, trunc, relu, reveal to party 0; records which parties got an output."""
+    """input, mul, trunc, relu (over `bits`: the ReLU's inputs are below 2^20), reveal to
+    party 0; records which parties got an output."""
+
+    def __init__(self, bits: int = 63) -> None:
+        super().__init__()
+        self.bits = bits
 
     def __call__(self, p: Protocol) -> np.ndarray | None:
         x = secret(p, TAMPER_X, 0)
         y = secret(p, TAMPER_Y, 1)
-        z = (x * y).trunc(TAMPER_FRAC).relu()
+        z = (x * y).trunc(TAMPER_FRAC).relu(self.bits)
         out = z.reveal(0)
         if out is not None and not isinstance(p, Clear):
             self.outputs.append(p.party_id)

@@ -5,7 +5,10 @@ Every function takes the group's shares of a flat vector and its material, and r
 the group's additive shares of the result. One round opens the masked value; comparison
 then runs a carry tree on bit-sliced XOR shares: the lowest level is free (the dealer
 supplies products of neighbouring mask bits), leaving 5 AND rounds, then one round that
-opens the result bit masked by a daBit. Truncation: 1 round; LTZ and ReLU: 7 rounds.
+opens the result bit masked by a daBit. Truncation: 1 round; LTZ and ReLU: 7 rounds over
+the whole ring. A comparison narrowed to values in [-2^bits, 2^bits) runs its carry tree
+over `bits` bits only: fewer AND gates and mask bits in proportion, and one AND round less
+each time the width halves (6 rounds for 32 bits or fewer).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from mpc.fixedpoint import MAX_VALUE_BITS
 from mpc.net.channel import Channel
 from mpc.ring import LOW63
 from protocols.blocks import bitslice
-from protocols.preprocessing.correlations import ARITH, BOOL, MSB, comparison_tree
+from protocols.preprocessing.correlations import ARITH, BOOL, FULL_BITS, MSB, comparison_tree
 
 ONE = np.uint64(1)
 
@@ -92,24 +95,32 @@ def _and(group: AdditiveGroup, x: np.ndarray, y: np.ndarray, a: np.ndarray, b: n
     return c ^ (d & b) ^ (e & a) ^ group.const(d & e)
 
 
-def msb_bits(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray]) -> np.ndarray:
-    """Bit-sliced XOR shares (one plane of words) of the top bit of each x (6 rounds).
+def sign_bits(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray],
+              bits: int = FULL_BITS) -> np.ndarray:
+    """Bit-sliced XOR shares (one plane of words) of [x < 0], for -2^bits <= x < 2^bits
+    (1 + ceil(log2(ceil(bits / 2))) rounds: 6 over the whole ring).
 
-    With c = x + r opened: msb(x) = c_63 ^ r_63 ^ [c_low < r_low]; the borrow comes from a
-    carry tree over (generate, propagate) pairs, top bit down.
+    With c = x + 2^bits + r opened, y = x + 2^bits lies in [0, 2^(bits + 1)), so x < 0
+    exactly when bit `bits` of y = c - r is 0, and that bit is c_bits ^ r_bits ^ [c_low <
+    r_low] over the `bits` low bits: the borrow comes from a carry tree over (generate,
+    propagate) pairs, top bit down. r is uniform on the whole ring, so c is uniform however
+    narrow the comparison: narrowing costs correctness outside the range, never privacy.
     """
-    (c,) = group.open([(x + m["r"], ARITH)])
+    (c,) = group.open([(x + group.const(np.uint64(1 << bits)) + m["r"], ARITH)])
     cp = bitslice.slice_bits(c)
     nc = ~cp
     r_bits, pp = m["r_bits"], m["pair_products"]
-    hi, lo = slice(1, 62, 2), slice(0, 62, 2)
+    pairs = bits // 2
+    hi, lo = slice(1, 2 * pairs, 2), slice(0, 2 * pairs, 2)
     nch, ncl, rh, rl = nc[hi], nc[lo], r_bits[hi], r_bits[lo]
-    g_pairs = (nch & rh) ^ (ncl & (pp ^ (nch & rl)))
-    p_pairs = pp ^ (ncl & rh) ^ (nch & rl) ^ group.const(nch & ncl)
-    g = np.concatenate([g_pairs, nc[62:63] & r_bits[62:63]])
-    p = np.concatenate([p_pairs, r_bits[62:63] ^ group.const(nc[62:63])])
+    g = (nch & rh) ^ (ncl & (pp ^ (nch & rl)))
+    p = pp ^ (ncl & rh) ^ (nch & rl) ^ group.const(nch & ncl)
+    if bits % 2:  # the top low bit makes a group of its own
+        top = slice(bits - 1, bits)
+        g = np.concatenate([g, nc[top] & r_bits[top]])
+        p = np.concatenate([p, r_bits[top] ^ group.const(nc[top])])
     gate = 0
-    for count in comparison_tree()[:-1]:
+    for count in comparison_tree(bits)[:-1]:
         pairs = count // 2
         g_hi, g_lo = g[1:2 * pairs:2], g[0:2 * pairs:2]
         p_hi, p_lo = p[1:2 * pairs:2], p[0:2 * pairs:2]
@@ -122,22 +133,25 @@ def msb_bits(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray]) -> n
             new_g = np.concatenate([new_g, g[-1:]])
             new_p = np.concatenate([new_p, p[-1:]])
         g, p = new_g, new_p
-    return g[0] ^ r_bits[63] ^ group.const(cp[63])
+    return g[0] ^ r_bits[bits] ^ group.const(~cp[bits])
 
 
-def ltz(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray]) -> np.ndarray:
-    """Arithmetic shares of [x < 0] (7 rounds)."""
-    bits = msb_bits(group, x, m)
-    (e_words,) = group.open([(bits ^ m["rho_bits"], BOOL)])
+def ltz(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray],
+        bits: int = FULL_BITS) -> np.ndarray:
+    """Arithmetic shares of [x < 0] (7 rounds over the whole ring)."""
+    signs = sign_bits(group, x, m, bits)
+    (e_words,) = group.open([(signs ^ m["rho_bits"], BOOL)])
     e = bitslice.unslice_bit(e_words, x.size)
     return group.const(e) + m["rho"] * (ONE - np.uint64(2) * e)
 
 
-def relu(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray]) -> np.ndarray:
-    """Arithmetic shares of max(x, 0) = x - x * msb(x) (7 rounds): the round that turns the
-    bit arithmetic also opens x minus a mask paired with the daBit, so the product is local."""
-    bits = msb_bits(group, x, m)
-    e_words, d = group.open([(bits ^ m["rho_bits"], BOOL), (x - m["x_mask"], ARITH)])
+def relu(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray],
+         bits: int = FULL_BITS) -> np.ndarray:
+    """Arithmetic shares of max(x, 0) = x - x * [x < 0] (7 rounds over the whole ring): the
+    round that turns the bit arithmetic also opens x minus a mask paired with the daBit, so
+    the product is local."""
+    signs = sign_bits(group, x, m, bits)
+    e_words, d = group.open([(signs ^ m["rho_bits"], BOOL), (x - m["x_mask"], ARITH)])
     e = bitslice.unslice_bit(e_words, x.size)
     x_rho = d * m["rho"] + m["x_mask_rho"]
     x_msb = e * x + (ONE - np.uint64(2) * e) * x_rho
@@ -145,9 +159,9 @@ def relu(group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray]) -> np.nd
 
 
 def run(kind: str, group: AdditiveGroup, x: np.ndarray, m: dict[str, np.ndarray],
-        frac_bits: int = 0) -> np.ndarray:
+        frac_bits: int = 0, bits: int = FULL_BITS) -> np.ndarray:
     """Dispatch a masked sub-protocol on shares of any shape; the result has x's shape."""
     if kind == "trunc":
         return trunc(group, x, m, frac_bits)
     fn = {"ltz": ltz, "relu": relu}[kind]
-    return fn(group, x.reshape(-1), m).reshape(x.shape)
+    return fn(group, x.reshape(-1), m, bits).reshape(x.shape)

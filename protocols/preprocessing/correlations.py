@@ -22,6 +22,9 @@ from protocols.ops import Conv2d, MatMul, Mul
 
 ARITH, BOOL = "arith", "bool"
 MSB = np.uint64(63)
+#: The widest comparison: every value of Z_2^64 read as a signed number. A comparison of
+#: `bits` < 63 is exact for -2^bits <= x < 2^bits and costs bits/63 of the full one.
+FULL_BITS = 63
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,8 @@ class Request:
     "fixed_triple"}.
 
     triple: op, shape of the left operand, shape of the right operand.
-    trunc: shape, fractional bits. ltz/relu: shape (one comparison per element).
+    trunc: shape, fractional bits. ltz/relu: shape (one comparison per element) and `bits`,
+    the width compared: values must lie in [-2^bits, 2^bits).
     mask: a random b shaped like an operand that stays fixed (model weights): d = W - b is
     opened once, number `ref`. fixed_triple: a triple whose fixed operand (`side` "left" or
     "right") reuses mask `ref`, so only the other operand is opened: c = op(b, a) or op(a, b).
@@ -43,6 +47,21 @@ class Request:
     frac_bits: int = 0
     ref: int = -1
     side: str = ""
+    bits: int = FULL_BITS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.bits <= FULL_BITS:
+            raise ValueError(f"a comparison of {self.bits} bits: choose 1..{FULL_BITS}")
+
+    @property
+    def label(self) -> str:
+        """The kind, shape and the parameters that tell two requests apart, for messages."""
+        extra = ""
+        if self.kind == "trunc":
+            extra = f" by {self.frac_bits} bits"
+        elif self.kind in ("ltz", "relu") and self.bits != FULL_BITS:
+            extra = f" over {self.bits} bits"
+        return f"{self.kind} {self.shape}{extra}"
 
     @property
     def size(self) -> int:
@@ -56,18 +75,18 @@ class Field:
     shape: tuple[int, ...]
 
 
-def comparison_tree(levels_from: int = 32) -> list[int]:
-    """Group counts level by level: 63 low bits make 32 groups after the free pair level,
-    then halve (an odd top group passes through) down to one."""
-    counts = [levels_from]
+def comparison_tree(bits: int = FULL_BITS) -> list[int]:
+    """Group counts level by level: the `bits` low bits make ceil(bits / 2) groups after the
+    free pair level (63 bits: 32), then halve (an odd top group passes through) to one."""
+    counts = [(bits + 1) // 2]
     while counts[-1] > 1:
         counts.append((counts[-1] + 1) // 2)
     return counts
 
 
-def and_gates_per_comparison() -> int:
+def and_gates_per_comparison(bits: int = FULL_BITS) -> int:
     """Two ANDs per combine (generate and propagate) over the tree above."""
-    return sum(2 * (c // 2) for c in comparison_tree()[:-1])
+    return sum(2 * (c // 2) for c in comparison_tree(bits)[:-1])
 
 
 def fields(request: Request) -> tuple[list[Field], list[Field]]:
@@ -88,11 +107,13 @@ def fields(request: Request) -> tuple[list[Field], list[Field]]:
         return ([Field("r", ARITH, shape)],
                 [Field("r_msb", ARITH, shape), Field("r_low_shifted", ARITH, shape)])
     if kind in ("ltz", "relu"):
-        words = bitslice.words_for(request.size)
-        gates = and_gates_per_comparison()
+        words, bits = bitslice.words_for(request.size), request.bits
+        gates = and_gates_per_comparison(bits)
         free = [Field("r", ARITH, (request.size,)), Field("rho_bits", BOOL, (words,)),
                 Field("and_a", BOOL, (gates, words)), Field("and_b", BOOL, (gates, words))]
-        dependent = [Field("r_bits", BOOL, (64, words)), Field("pair_products", BOOL, (31, words)),
+        # bits 0..`bits` of r, and the products of the neighbouring low pairs
+        dependent = [Field("r_bits", BOOL, (bits + 1, words)),
+                     Field("pair_products", BOOL, (bits // 2, words)),
                      Field("and_c", BOOL, (gates, words)), Field("rho", ARITH, (request.size,))]
         if kind == "relu":
             free.append(Field("x_mask", ARITH, (request.size,)))
@@ -115,9 +136,10 @@ def _dependent_values(request: Request, v: dict[str, np.ndarray],
     if kind == "trunc":
         r = v["r"]
         return {"r_msb": r >> MSB, "r_low_shifted": (r & LOW63) >> np.uint64(request.frac_bits)}
-    bits = bitslice.slice_bits(v["r"])
+    bits = bitslice.slice_bits(v["r"])[:request.bits + 1]
+    low = 2 * (request.bits // 2)
     rho = bitslice.unslice_bit(v["rho_bits"], request.size)
-    out = {"r_bits": bits, "pair_products": bits[1:62:2] & bits[0:62:2],
+    out = {"r_bits": bits, "pair_products": bits[1:low:2] & bits[0:low:2],
            "and_c": v["and_a"] & v["and_b"], "rho": rho}
     if kind == "relu":
         out["x_mask_rho"] = v["x_mask"] * rho

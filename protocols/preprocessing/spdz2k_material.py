@@ -16,9 +16,10 @@ Parties expand lazily, one request at a time in plan order (`LazyStore.take`), s
 material of a whole network never sits expanded in memory.
 
 Comparisons ("ltz", "relu") depend on the party count. With 2 parties they use a
-distributed comparison function (`protocols.blocks.dcf`): fields r (free) and r_msb = bit 63 of r
-(dependent), plus DCF keys for alpha = r mod 2^63 with the authenticated payload
-(beta, alpha_mac * beta), beta = 1 - 2 r_msb mod 2^128. Each party's root seeds come from
+distributed comparison function (`protocols.blocks.dcf`): fields r (free) and r_msb = bit k of r
+(dependent), plus DCF keys over k bits for alpha = r mod 2^k with the authenticated payload
+(beta, alpha_mac * beta), beta = 1 - 2 r_msb mod 2^128; k = 63 over the whole ring, or the
+request's `bits` for a narrowed comparison (`dcf_width`). Each party's root seeds come from
 the PRG it shares with the dealer (drawn after the request's fields); the correction words
 are common to both keys and not seed-compressible, so the dealer sends the same array of
 them (`common_words` per request, in plan order) to both parties, as a second offline
@@ -120,11 +121,18 @@ def uses_dcf(request: Request, n_parties: int) -> bool:
     return request.kind in ("ltz", "relu") and n_parties == 2
 
 
+def dcf_width(request: Request) -> int:
+    """The bits a comparison's DCF keys cover: the request's width when narrowed (values in
+    [-2^bits, 2^bits) are compared through bit `bits` of x + 2^bits), all 63 low bits
+    otherwise; one bit is left whole (its key would have no level to save)."""
+    return request.bits if 2 <= request.bits < DCF_BITS else DCF_BITS
+
+
 def common_words(request: Request, n_parties: int) -> int:
     """Words of DCF correction words that both parties receive for `request`."""
     if not uses_dcf(request, n_parties):
         return 0
-    return dcf.correction_words(request.size, DCF_BITS, DCF_PAYLOAD_WORDS)
+    return dcf.correction_words(request.size, dcf_width(request), DCF_PAYLOAD_WORDS)
 
 
 def fields(request: Request, n_parties: int) -> list[AField]:
@@ -164,8 +172,10 @@ def _derive(request: Request, name: str, values: dict[str, np.ndarray],
     """The dealer's value of a dependent field (128-bit, (2, *shape))."""
     if request.kind == "triple":
         return ring128_ops.bilinear(request.op, values["a"], values["b"])
-    if name == "r_msb":  # trunc, and the 2-party comparisons
+    if name == "r_msb" and request.kind == "trunc":
         return r128.lift(values["r"][0] >> np.uint64(63))
+    if name == "r_msb":  # the 2-party comparisons: the bit their DCF keys end at
+        return r128.lift((values["r"][0] >> np.uint64(dcf_width(request))) & np.uint64(1))
     if request.kind == "trunc":
         return r128.lift((values["r"][0] & LOW63) >> np.uint64(request.frac_bits))
     if name == "bits":
@@ -192,10 +202,10 @@ def correction_words(request: Request, n_parties: int) -> int:
     return sum(f.words * (1 if f.kind == FREE else 2) for f in fields(request, n_parties))
 
 
-def dcf_payload(r_low: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """(4, N) payload of the comparison's DCF: beta = 1 - 2 r_63 mod 2^128 and alpha * beta,
-    for the low limbs r_low (N,) of the masks and the MAC key alpha (2,)."""
-    r63 = r_low >> np.uint64(63)
+def dcf_payload(r_low: np.ndarray, alpha: np.ndarray, width: int = DCF_BITS) -> np.ndarray:
+    """(4, N) payload of the comparison's DCF: beta = 1 - 2 r_k mod 2^128 and alpha * beta,
+    for the low limbs r_low (N,) of the masks, the MAC key alpha (2,) and k = `width`."""
+    r63 = (r_low >> np.uint64(width)) & np.uint64(1)
     beta = r128.interleave((np.uint64(1) - np.uint64(2) * r63)[None], (np.uint64(0) - r63)[None])
     return np.concatenate([beta, r128.mul(alpha.reshape(2, 1), beta)])
 
@@ -240,7 +250,9 @@ def deal_into(request: Request, prgs: list[PRG], known: Sequence[PRG] | Mapping[
         r_low = values["r"][0]
         if common is None or common.size != common_words(request, n_parties):
             raise AssertionError("DCF correction-word layout mismatch")
-        dcf.gen(r_low & LOW63, dcf_payload(r_low, alpha), (prgs[0], prgs[1]), DCF_BITS,
+        width = dcf_width(request)
+        low = np.uint64((1 << width) - 1)
+        dcf.gen(r_low & low, dcf_payload(r_low, alpha, width), (prgs[0], prgs[1]), width,
                 out=common)
 
 
@@ -364,7 +376,7 @@ class LazyStore:
             size = common_words(request, self._n_parties)
             words = self._common[self._common_offset:self._common_offset + size]
             self._common_offset += size
-            corrections = dcf.Corrections.from_flat(words, request.size, DCF_BITS,
+            corrections = dcf.Corrections.from_flat(words, request.size, dcf_width(request),
                                                     DCF_PAYLOAD_WORDS)
             roots = dcf.draw_roots(self._prg, request.size)
             material["dcf"] = dcf.Key(self._party, roots, corrections)

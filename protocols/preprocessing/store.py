@@ -46,8 +46,8 @@ class MaterialStore:
         planned, material = self._items[0]
         if planned != request:
             raise PreprocessingError(
-                f"item {self.used + 1} was planned as {planned.kind} {planned.shape} but the "
-                f"computation asks for {request.kind} {request.shape}: plan and program differ")
+                f"item {self.used + 1} was planned as {planned.label} but the computation "
+                f"asks for {request.label}: plan and program differ")
         self._items.popleft()
         self.used += 1
         return material

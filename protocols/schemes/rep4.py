@@ -106,7 +106,7 @@ from protocols import external
 from protocols.base import BilinearOp, Protocol, as_ring
 from protocols.blocks import binary_rep3, bitslice
 from protocols.ops import Mul
-from protocols.preprocessing.correlations import Request
+from protocols.preprocessing.correlations import FULL_BITS, Request
 
 N = 4
 ARITH, BOOL = "arith", "bool"
@@ -561,45 +561,53 @@ class Rep4(Protocol):
         w = self.add_public(beta * (ONE - np.uint64(2) * c_msb), c_msb)
         return finish() - m["r_low_shifted"] + np.uint64(1 << (63 - f)) * w
 
-    def ltz(self, x: np.ndarray) -> np.ndarray:
+    def ltz(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
         shape = x.shape[1:]
-        material = self._take(Request("ltz", shape))
-        return self._compare(x.reshape(3, -1), material, relu=False).reshape(3, *shape)
+        material = self._take(Request("ltz", shape, bits=bits))
+        return self._compare(x.reshape(3, -1), material, False, bits).reshape(3, *shape)
 
-    def relu(self, x: np.ndarray) -> np.ndarray:
+    def relu(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
         shape = x.shape[1:]
-        material = self._take(Request("relu", shape))
-        return self._compare(x.reshape(3, -1), material, relu=True).reshape(3, *shape)
+        material = self._take(Request("relu", shape, bits=bits))
+        return self._compare(x.reshape(3, -1), material, True, bits).reshape(3, *shape)
 
-    def _compare(self, x: np.ndarray, m: dict[str, np.ndarray], relu: bool) -> np.ndarray:
-        """[x < 0] (or relu(x)) for flat x, exact on the whole ring (9 rounds)."""
+    def _compare(self, x: np.ndarray, m: dict[str, np.ndarray], relu: bool,
+                 bits: int = FULL_BITS) -> np.ndarray:
+        """[x < 0] (or relu(x)) for flat x in [-2^bits, 2^bits) (9 rounds over the whole
+        ring). Over the whole ring, the top bit of a + b; narrowed, NOT bit k = `bits` of
+        y = x + 2^k, from the k + 1 low bits of a and b only (k/63 of the input planes and
+        AND gates, one round less each time k halves)."""
         me = self.party_id
         n = x.shape[1]
+        k = bits if 2 <= bits < FULL_BITS else FULL_BITS  # one bit has no tree to narrow
+        y = x if k == FULL_BITS else self.add_public(x, np.uint64(1 << k))
         words = bitslice.words_for(n)
-        planes = 64 * words
+        planes = (k + 1) * words
         a_bits = b_bits = None
         if me in (2, 3):
-            a_bits = bitslice.slice_bits(self._comp(x, 0) + self._comp(x, 1))
+            a_bits = bitslice.slice_bits(self._comp(y, 0) + self._comp(y, 1))[:k + 1]
         if me in (0, 1):
-            b_bits = bitslice.slice_bits(self._comp(x, 2) + self._comp(x, 3))
+            b_bits = bitslice.slice_bits(self._comp(y, 2) + self._comp(y, 3))[:k + 1]
         rnd = _Round()
         fin_a = self._joint(rnd, a_bits, (2, 3), BOOL, planes)
         fin_b = self._joint(rnd, b_bits, (0, 1), BOOL, planes)
         fin_xr = self._product(rnd, x, m["rho"], Mul(), ARITH) if relu else None
         self._exchange(rnd, "comparison: bit inputs")
-        a = fin_a().reshape(3, 64, words)
-        b = fin_b().reshape(3, 64, words)
+        a = fin_a().reshape(3, k + 1, words)
+        b = fin_b().reshape(3, k + 1, words)
         rnd = _Round()
-        fin_g = self._product(rnd, a[:, :63], b[:, :63], And(), BOOL)
+        fin_g = self._product(rnd, a[:, :k], b[:, :k], And(), BOOL)
         self._exchange(rnd, "comparison: generate bits")
-        g, p = fin_g(), a[:, :63] ^ b[:, :63]
+        g, p = fin_g(), a[:, :k] ^ b[:, :k]
         carry = binary_rep3.carry_out(self._and_pairs, g, p, "comparison")
-        msb = a[:, 63] ^ b[:, 63] ^ carry
+        msb = a[:, k] ^ b[:, k] ^ carry  # narrowed: bit k of y, which is NOT [x < 0]
         rnd = _Round()
         fin_e = self._open_all(rnd, msb ^ m["rho_bits"])
         self._exchange(rnd, "comparison: open msb xor rho")
         masked = msb ^ m["rho_bits"]
         e_words = masked[0] ^ masked[1] ^ masked[2] ^ fin_e()
+        if k < FULL_BITS:
+            e_words = ~e_words  # [x < 0] xor rho, from NOT [x < 0] xor rho
         e = bitslice.unslice_bit(e_words, n)
         flip = ONE - np.uint64(2) * e
         if not relu:

@@ -48,7 +48,9 @@ verified by cut-and-bucket triple sacrifice at the next check (about 10 more bit
 full-adder layer (1 round) turns x_0 + x_1 + x_2 into S + 2C; with C' = 2C mod 2^64,
 generate bits g = s c' and propagate bits p = s xor c':
 - ltz (11 rounds): msb = s_63 xor C_62 xor carry_63, carry_63 from a 6-level carry tree over
-  bits 0..62 (combine (g, p)(g', p') = (g xor p g', p p'), 2 ANDs per node);
+  bits 0..62 (combine (g, p)(g', p') = (g xor p g', p p'), 2 ANDs per node). Narrowed to x
+  in [-2^k, 2^k), the same circuit runs on the k + 1 low bits of y = x + 2^k, whose bit k
+  is 0 exactly when x < 0: k/63 of the gates (and one round less each time k halves);
 - trunc (5 rounds): y = x + 2^62 lies in [0, 2^63) for |x| < 2^62, and y >> f =
   sum_j (y_j >> f) + c - 2^(64-f) w exactly, with c = C_(f-1) + carry_f(S + C') and
   w = (s_63 or C_62) + C_63 (one AND: y's top bit is 0, so s_63 xor C_62 xor carry_63 = 0);
@@ -111,7 +113,7 @@ from protocols.base import BilinearOp, Protocol, as_ring
 from protocols.blocks import binary_rep3, bitslice, ring128_ops
 from protocols.blocks.binary_rep3 import BinaryRep3, carry_out, majority
 from protocols.ops import Mul
-from protocols.preprocessing.correlations import Request
+from protocols.preprocessing.correlations import FULL_BITS, Request
 
 U64 = np.uint64
 ONE = U64(1)
@@ -121,6 +123,7 @@ MUL = Mul()
 #: gates and conversion products at once, a few hundred bytes an element per party; batches
 #: bound memory for large batches of clips (one clip of the reference CNN fits in one).
 CHUNK = 1 << 17
+_ALL_ONES = ~U64(0)  # a public word of ones: XOR with it negates 64 packed bits
 #: b = a mod 2 for a in {0, 1, 2, 3} as C1 a + C2 a^2 + C3 a^3 (mod 2^64, 3 is invertible)
 _INV3 = pow(3, -1, 1 << 64)
 C1, C2, C3 = (U64((2 + 4 * _INV3) % (1 << 64)), U64((1 << 64) - 3), U64((2 * _INV3) % (1 << 64)))
@@ -434,17 +437,26 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
             self._log(_auth(v, m))
         return _auth(value, _cubic(m_a, m_a2, m_a3)), outs
 
-    def _msb(self, x: np.ndarray, step: str) -> np.ndarray:
-        """The binary top bit (2, W) of x_0 + x_1 + x_2 mod 2^64 (8 rounds): a full-adder
-        layer to S + 2C, then msb = s_63 xor C_62 xor the carry into bit 63 of S + 2C."""
+    def _sign(self, x: np.ndarray, step: str, bits: int = FULL_BITS) -> np.ndarray:
+        """The binary [x < 0] (2, W) for x in [-2^bits, 2^bits): over the whole ring the top
+        bit of x; narrowed, NOT bit `bits` of y = x + 2^bits (module notes)."""
+        if bits >= FULL_BITS or bits < 2:  # one bit has no carry tree to narrow
+            return self._bit(x, FULL_BITS, step)
+        y = self.add_public(x, U64(1 << bits))
+        return binary_rep3.xor_public(self._bit(y, bits, step), _ALL_ONES, self.party_id)
+
+    def _bit(self, x: np.ndarray, k: int, step: str) -> np.ndarray:
+        """The binary bit k (2, W) of x_0 + x_1 + x_2 mod 2^64 (8 rounds for k = 63): a
+        full-adder layer to S + 2C, then s_k xor C_(k-1) xor the carry into bit k of S + 2C,
+        all from the k + 1 low bits."""
         a, b, c = self._addends(x)
         s = a ^ b ^ c
-        carry = majority(self.binary, a[:, :63], b[:, :63], c[:, :63], f"{step}: full adder")
-        (g,) = self.binary.and_([(s[:, 1:63], carry[:, :62])], f"{step}: generate bits")
+        carry = majority(self.binary, a[:, :k], b[:, :k], c[:, :k], f"{step}: full adder")
+        (g,) = self.binary.and_([(s[:, 1:k], carry[:, :k - 1])], f"{step}: generate bits")
         zero = np.zeros_like(g[:, :1])
         g = np.concatenate([zero, g], axis=1)  # bit 0 of 2C is 0, so it generates nothing
-        p = s[:, :63] ^ np.concatenate([zero, carry[:, :62]], axis=1)
-        return s[:, 63] ^ carry[:, 62] ^ carry_out(self.binary.and_, g, p, step)
+        p = s[:, :k] ^ np.concatenate([zero, carry[:, :k - 1]], axis=1)
+        return s[:, k] ^ carry[:, k - 1] ^ carry_out(self.binary.and_, g, p, step)
 
     def _batched(self, fn, x: np.ndarray) -> np.ndarray:
         """fn over the flat values of x, CHUNK elements at a time."""
@@ -494,17 +506,17 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
         up = 1 if f > 1 else 0  # f = 1: bit 0 of S + C' never carries (C' is even)
         return self.add_public(result, U64((up - (1 << (MAX_VALUE_BITS - f))) % (1 << 64)))
 
-    def ltz(self, x: np.ndarray) -> np.ndarray:
-        return self._batched(self._ltz, x)
+    def ltz(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
+        return self._batched(lambda flat: self._ltz(flat, bits), x)
 
-    def _ltz(self, x: np.ndarray) -> np.ndarray:
-        bit, _ = self._b2a([self._msb(x, "ltz")], x.shape[1], "ltz")
+    def _ltz(self, x: np.ndarray, bits: int) -> np.ndarray:
+        bit, _ = self._b2a([self._sign(x, "ltz", bits)], x.shape[1], "ltz")
         return bit
 
-    def relu(self, x: np.ndarray) -> np.ndarray:
-        return self._batched(self._relu, x)
+    def relu(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
+        return self._batched(lambda flat: self._relu(flat, bits), x)
 
-    def _relu(self, x: np.ndarray) -> np.ndarray:
+    def _relu(self, x: np.ndarray, bits: int) -> np.ndarray:
         """x (1 - msb): the selection rides in the last conversion round (11 rounds)."""
         n = x.shape[1]
         one = self.constant(np.ones(n, dtype=U64))[0:4]
@@ -513,7 +525,7 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
             keep = r128.sub(one, msb)
             return [(x[0:4], keep, MUL), (x[4:8], keep, MUL)]
 
-        _, (z, m_z) = self._b2a([self._msb(x, "relu")], n, "relu", select)
+        _, (z, m_z) = self._b2a([self._sign(x, "relu", bits)], n, "relu", select)
         out = _auth(z, m_z)
         self._log(out)
         return out

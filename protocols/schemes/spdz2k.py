@@ -115,7 +115,7 @@ from protocols.blocks.mac import MacChecker
 from protocols.blocks.ring128_ops import bilinear_auth
 from protocols.ops import Mul
 from protocols.preprocessing import spdz2k_material as material
-from protocols.preprocessing.correlations import Request
+from protocols.preprocessing.correlations import FULL_BITS, Request
 
 U64 = np.uint64
 ONE = U64(1)
@@ -334,21 +334,27 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         return self.add_public(y_shift, (c_low >> U64(f)) - U64(1 << (MAX_VALUE_BITS - f)))
 
     # -- comparison ------------------------------------------------------------------------
-    def _msb(self, x: np.ndarray, m: dict) -> np.ndarray:
-        """Authenticated shares (4, N) of the top bit of each of N values x (4, N): the DCF
-        path with 2 parties, the carry tree with more (see the module docstring)."""
+    def _msb(self, x: np.ndarray, m: dict, request: Request) -> np.ndarray:
+        """Authenticated shares (4, N) of [x < 0] for each of N values x (4, N): the DCF
+        path with 2 parties, the carry tree (over the whole ring) with more (see the module
+        docstring)."""
         if self.n_parties == 2:
-            return self._msb_dcf(x, m)
+            return self._msb_dcf(x, m, material.dcf_width(request))
         return self._msb_carry_tree(x, m)
 
-    def _msb_dcf(self, x: np.ndarray, m: dict) -> np.ndarray:
-        """2 parties, 1 round: open c = x + r, evaluate this party's DCF key at c_low."""
-        (c,) = self.open([self.add(x, m["r"])])
-        c63 = c >> U64(63)
-        # shares of w * (1 - 2 r_63), w = [c_low < r_low], value and MAC
-        wb = dcf.eval(self.party_id, m["dcf"], c & LOW63)
-        u = r128.add(m["r_msb"], wb)  # r_63 xor w
-        return self.add_public(r128.mul_public(u, ONE - U64(2) * c63), c63)
+    def _msb_dcf(self, x: np.ndarray, m: dict, k: int) -> np.ndarray:
+        """2 parties, 1 round: open c = x + r, evaluate this party's DCF key at c_low. Over
+        the whole ring (k = 63) the result is the top bit of x; narrowed, x + 2^k is masked,
+        and [x < 0] is NOT its bit k (values in [-2^k, 2^k))."""
+        narrowed = k < material.DCF_BITS
+        y = self.add_public(x, U64(1 << k)) if narrowed else x
+        (c,) = self.open([self.add(y, m["r"])])
+        ck = (c >> U64(k)) & ONE
+        # shares of w * (1 - 2 r_k), w = [c_low < r_low] over the k low bits, value and MAC
+        wb = dcf.eval(self.party_id, m["dcf"], c & (LOW63 if not narrowed else U64((1 << k) - 1)))
+        u = r128.add(m["r_msb"], wb)  # r_k xor w
+        bit = self.add_public(r128.mul_public(u, ONE - U64(2) * ck), ck)
+        return self.add_public(self.neg(bit), ONE) if narrowed else bit
 
     def _msb_carry_tree(self, x: np.ndarray, m: dict[str, np.ndarray]) -> np.ndarray:
         """3 or more parties: the carry tree over the 64 dealt mask bits."""
@@ -398,15 +404,19 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         # msb = t xor borrow = t + g - 2 t g
         return sub(add(t, g_final), mp(tg, U64(2)))
 
-    def ltz(self, x: np.ndarray) -> np.ndarray:
-        m = self.material.take(Request("ltz", x.shape[1:]))
+    def ltz(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
+        """With 2 parties the DCF keys cover `bits` bits; with more, the whole ring."""
+        request = Request("ltz", x.shape[1:], bits=bits)
+        m = self.material.take(request)
         flat = x.reshape(4, -1)
-        return self._msb(flat, m).reshape(x.shape)
+        return self._msb(flat, m, request).reshape(x.shape)
 
-    def relu(self, x: np.ndarray) -> np.ndarray:
-        m = self.material.take(Request("relu", x.shape[1:]))
+    def relu(self, x: np.ndarray, bits: int = FULL_BITS) -> np.ndarray:
+        """With 2 parties the DCF keys cover `bits` bits; with more, the whole ring."""
+        request = Request("relu", x.shape[1:], bits=bits)
+        m = self.material.take(request)
         flat = x.reshape(4, -1)
-        keep = self.add_public(self.neg(self._msb(flat, m)), ONE)
+        keep = self.add_public(self.neg(self._msb(flat, m, request)), ONE)
         return self._beaver(flat, keep, m, Mul(), ("ra", "rb", "rc")).reshape(x.shape)
 
 

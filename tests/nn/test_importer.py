@@ -193,6 +193,32 @@ def test_activations_that_overflow_the_accumulator_refused():
         from_torch(model, (8,), probes=probes)
 
 
+class _FourBranches(nn.Module):
+    """A residual-style sum of four copies of a linear layer's output, then a ReLU."""
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(1, 1)
+        with torch.no_grad():
+            self.linear.weight.fill_(weight)
+            self.linear.bias.zero_()
+
+    def forward(self, x):
+        y = self.linear(x)
+        return torch.relu(y + y + y + y)
+
+
+def test_compared_values_beyond_the_comparison_width_refused():
+    """At 16 fractional bits the comparisons hold [-2^47, 2^47) (`comparison_bits`): a sum
+    4 * 2^28 * 1.5 ~ 2^30.6, whose difference with another needs 2^(31.6 + 16), is refused,
+    naming the layer, although each accumulator (2^28.6 at scale 2^32 = 2^60.6) fits."""
+    probes = np.full((2, 1), 1.5)
+    with pytest.raises(ModelImportError, match=r"reaches .* comparisons hold differences"):
+        from_torch(_FourBranches(2.0**28), (1,), probes=probes, frac_bits=16)
+    model, _ = from_torch(_FourBranches(2.0**26), (1,), probes=probes, frac_bits=16)
+    assert L.comparison_bits(model.fixed.frac_bits) == 47
+
+
 def test_a_model_within_range_imports():
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     with torch.no_grad():

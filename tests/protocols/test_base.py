@@ -261,6 +261,26 @@ def test_ltz_and_relu_are_exact(scheme, n_parties, drawn):
         assert np.array_equal(i64(relu_m), np.maximum(values[:10], 0).reshape(2, 5))
 
 
+@every_scheme_once
+@settings(max_examples=5, deadline=None)
+@given(bits=st.integers(1, 63), data=st.data())
+def test_narrowed_ltz_and_relu_are_exact_on_their_range(scheme, n_parties, bits, data):
+    """`ltz(x, bits)` promises [x < 0] for every x in [-2^bits, 2^bits), the ends included
+    (the masked schemes, rep4 and replicated_mac compare fewer bits; spdz2k all of them)."""
+    low, high = -(1 << bits), (1 << bits) - 1
+    drawn = data.draw(st.lists(st.integers(low, high), min_size=1, max_size=30))
+    values = np.array(drawn + [low, high, low + 1, high - 1, -1, 0], dtype=np.int64)
+
+    def program(p):
+        x = secret(p, values, 0)
+        return reveal_all(x.ltz(bits)), reveal_all(x.relu(bits))
+
+    for report in run_secure(scheme, n_parties, program):
+        ltz, relu = report.result
+        assert np.array_equal(ltz, (values < 0).astype(np.uint64))
+        assert np.array_equal(i64(relu), np.maximum(values, 0))
+
+
 # -- the fused linear layer: (op(x, y) + bias) / 2^f in one call ------------------------------
 
 #: Online rounds of a fused product and truncation where a scheme saves some (otherwise a

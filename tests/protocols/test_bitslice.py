@@ -81,6 +81,9 @@ def test_word_counts():
     assert [bitslice.words_for(n) for n in (0, 1, 63, 64, 65, 128, 129)] == [0, 1, 1, 1, 2, 2, 3]
     assert comparison_tree() == [32, 16, 8, 4, 2, 1]
     assert and_gates_per_comparison() == 2 * (16 + 8 + 4 + 2 + 1)
+    assert comparison_tree(39) == [20, 10, 5, 3, 2, 1]
+    assert comparison_tree(32) == [16, 8, 4, 2, 1]
+    assert comparison_tree(1) == [1] and and_gates_per_comparison(1) == 0
 
 
 # -- dealing and expanding -----------------------------------------------------------------------
@@ -97,6 +100,9 @@ REQUESTS = {
     "ltz-words": Request("ltz", (130,)),
     "relu": Request("relu", (70,)),
     "relu-one": Request("relu", (1,)),
+    "ltz-narrow": Request("ltz", (70,), bits=39),
+    "relu-narrow-odd": Request("relu", (130,), bits=7),
+    "relu-one-bit": Request("relu", (3,), bits=1),
 }
 
 
@@ -146,12 +152,14 @@ def test_dealt_material_has_the_promised_relations(name, n_parties):
     words = bitslice.words_for(size)
     r = v["r"]
     assert r.shape == (size,)
-    assert np.array_equal(v["r_bits"], bitslice.slice_bits(r))
+    # bits 0..request.bits of r (all 64 planes for a comparison over the whole ring)
+    assert np.array_equal(v["r_bits"], bitslice.slice_bits(r)[:request.bits + 1])
     bits = v["r_bits"]
-    assert v["pair_products"].shape == (31, words)
-    for j in range(31):  # products of neighbouring low bits (2j+1, 2j)
+    pairs = request.bits // 2
+    assert v["pair_products"].shape == (pairs, words)
+    for j in range(pairs):  # products of neighbouring low bits (2j+1, 2j)
         assert np.array_equal(v["pair_products"][j], bits[2 * j + 1] & bits[2 * j])
-    assert v["and_a"].shape == (and_gates_per_comparison(), words)
+    assert v["and_a"].shape == (and_gates_per_comparison(request.bits), words)
     assert np.array_equal(v["and_c"], v["and_a"] & v["and_b"])
     rho = v["rho"]
     assert set(np.unique(rho)) <= {0, 1}

@@ -12,19 +12,29 @@ import numpy as np
 import pytest
 from conftest import (
     DEFAULT_SCHEME_PARTIES,
+    EXAMPLES,
     MASKED_SCHEME_PARTIES,
     ROUNDS,
+    assert_same_and_uniform,
     busiest_rounds,
+    i64,
     over_schemes,
+    reveal_all,
     run_secure,
     secret,
+    transcripts,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocols.preprocessing.correlations import FULL_BITS, Request, correction_words
 
 #: one opening, ceil(log2 64) levels of ANDs, one bit-to-arithmetic round
 ROUND_BOUND = 1 + int(np.ceil(np.log2(64))) + 1
 
 
-def comparison_rounds(scheme: str, n_parties: int, kind: str, size: int) -> int:
+def comparison_rounds(scheme: str, n_parties: int, kind: str, size: int,
+                      bits: int = FULL_BITS) -> int:
     values = np.arange(size, dtype=np.int64) - size // 2
 
     def inputs_only(p):
@@ -32,7 +42,7 @@ def comparison_rounds(scheme: str, n_parties: int, kind: str, size: int) -> int:
 
     def with_comparison(p):
         x = secret(p, values, 0)
-        getattr(x, kind)()
+        getattr(x, kind)(bits)
 
     base = busiest_rounds(run_secure(scheme, n_parties, inputs_only))
     return busiest_rounds(run_secure(scheme, n_parties, with_comparison)) - base
@@ -51,3 +61,57 @@ def test_a_layer_of_comparisons_costs_the_rounds_of_one(scheme, n_parties):
     one = comparison_rounds(scheme, n_parties, "relu", 1)
     layer = comparison_rounds(scheme, n_parties, "relu", 10_000)
     assert layer == one == ROUNDS[scheme]["relu"]
+
+
+# -- comparisons narrowed to [-2^bits, 2^bits) ---------------------------------------------------
+
+@over_schemes(MASKED_SCHEME_PARTIES)
+@EXAMPLES
+@given(bits=st.integers(1, FULL_BITS), data=st.data())
+def test_a_narrowed_comparison_is_exact_on_its_range(scheme, n_parties, bits, data):
+    """ltz and relu over `bits` bits give [x < 0] and max(x, 0) for every x in [-2^bits,
+    2^bits), the ends included."""
+    low, high = -(1 << bits), (1 << bits) - 1
+    drawn = data.draw(st.lists(st.integers(low, high), min_size=1, max_size=50))
+    values = np.array(drawn + [low, high, low + 1, high - 1, -1, 0], dtype=np.int64)
+
+    def program(p):
+        x = secret(p, values, 0)
+        return reveal_all(x.ltz(bits)), reveal_all(x.relu(bits))
+
+    for report in run_secure(scheme, n_parties, program):
+        ltz, relu = report.result
+        assert np.array_equal(ltz, (values < 0).astype(np.uint64))
+        assert np.array_equal(i64(relu), np.maximum(values, 0))
+
+
+@over_schemes([pair for pair in MASKED_SCHEME_PARTIES if pair in DEFAULT_SCHEME_PARTIES])
+@pytest.mark.parametrize(("bits", "fewer"), [(39, 0), (32, 1), (16, 2), (2, 5)])
+def test_a_narrowed_comparison_saves_a_round_each_time_the_width_halves(scheme, n_parties,
+                                                                        bits, fewer):
+    """The carry tree has ceil(log2(ceil(bits / 2))) AND levels: 5 over the whole ring."""
+    for kind in ("ltz", "relu"):
+        assert comparison_rounds(scheme, n_parties, kind, 100, bits) == \
+            ROUNDS[scheme][kind] - fewer
+
+
+def test_the_dealer_sends_less_for_a_narrowed_comparison():
+    """Mask bits, pair products and AND triples shrink with the width; the daBit's
+    arithmetic words (one per value, and one more for ReLU) do not: at 39 bits (a model
+    with 24 fractional bits) the dealer's corrections fall by a fifth."""
+    full = correction_words(Request("relu", (6400,)))
+    narrow = correction_words(Request("relu", (6400,), bits=39))
+    assert narrow < 0.8 * full
+    assert correction_words(Request("relu", (6400,), bits=1)) < narrow
+    with pytest.raises(ValueError, match="choose 1..63"):
+        Request("ltz", (3,), bits=64)
+
+
+@over_schemes([pair for pair in MASKED_SCHEME_PARTIES if pair in DEFAULT_SCHEME_PARTIES])
+def test_a_narrowed_comparison_shows_uniform_messages_whatever_the_secret(
+        monkeypatch, scheme, n_parties):
+    """Narrowing changes what is compared, not what is opened: c = x + 2^bits + r with r
+    uniform on the whole ring."""
+    positive = transcripts(monkeypatch, scheme, n_parties, 1, 5, bits=20)
+    negative = transcripts(monkeypatch, scheme, n_parties, 1, -5, bits=20)
+    assert_same_and_uniform(positive, negative)

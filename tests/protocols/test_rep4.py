@@ -108,3 +108,20 @@ def test_secret_tensor_wraps_rep4_shares():
 
     got = run4(program)[0].result
     assert np.array_equal(got, u64(np.arange(6).reshape(2, 3).T))
+
+
+def test_a_narrowed_comparison_sends_fewer_bit_planes():
+    """Narrowed to 39 bits (a model with 24 fractional bits), a ReLU inputs 40 of the 64
+    bit planes of each addend and runs k/63 of the AND gates."""
+    def sent(bits: int) -> int:
+        def program(p):
+            x = secret(p, np.arange(4096) - 2048, 0)
+            if not isinstance(p, Rep4):  # the planner's dry run
+                return 0
+            before = p.channel.traffic.bytes_sent
+            x.relu(bits)
+            return p.channel.traffic.bytes_sent - before
+
+        return max(r.result for r in run4(program))
+
+    assert sent(39) < 0.8 * sent(63)

@@ -184,36 +184,66 @@ def test_no_offline_phase():
     assert all(r.offline.rounds == 0 and r.offline.bytes_sent == 0 for r in reports)
 
 
+# -- comparisons narrowed to [-2^bits, 2^bits) ------------------------------------------------
+
+def _comparison_bytes(bits: int, size: int = 1 << 16) -> int:
+    """A party's bytes for one ReLU layer of `size` values and the check of its gates (at a
+    layer's scale: the check's buckets grow for fewer gates)."""
+    def program(p):
+        x = secret(p, np.arange(size) - size // 2, 0)
+        if not isinstance(p, ReplicatedMac):  # the planner's dry run
+            return 0
+        before = p.channel.traffic.bytes_sent
+        x.relu(bits)
+        p.binary.verify("test")
+        return p.channel.traffic.bytes_sent - before
+
+    return max(r.result for r in run3(program))
+
+
+def test_a_narrowed_comparison_runs_fewer_gates():
+    """39 bits (a model with 24 fractional bits) keep 152 of the 243 gates a value; with the
+    conversion to the ring (which does not shrink), a ReLU and its check send a third less."""
+    full, narrow = _comparison_bytes(63), _comparison_bytes(39)
+    assert narrow < 0.75 * full
+
+
 # -- detection anywhere in a message ---------------------------------------------------------
 
 class Program(RecordsOutputs):
     """A product with public-shaped weights, truncation, ReLU, reveal to party 1."""
 
+    def __init__(self, bits: int = 63) -> None:
+        super().__init__()
+        self.bits = bits
+
     def __call__(self, p):
         x = secret(p, np.array([3 << 16, -(5 << 16), 1 << 10, -7], dtype=np.int64), 0)
         w = secret(p, np.arange(8, dtype=np.int64).reshape(4, 2) - 3, 2)
-        z = (x.reshape(1, 4) @ w).trunc(16).relu()
+        z = (x.reshape(1, 4) @ w).trunc(16).relu(self.bits)
         out = z.reveal(1)
         if out is not None and isinstance(p, ReplicatedMac):
             self.outputs.append(p.party_id)
         return out
 
 
-def _counts() -> list[int]:
-    return honest_message_counts(run3(Program()))
+def _counts(bits: int) -> list[int]:
+    return honest_message_counts(run3(Program(bits)))
 
 
+@pytest.mark.parametrize("bits", [63, 20])
 @pytest.mark.parametrize("seed", range(12))
-def test_alterations_at_random_positions_abort(seed):
+def test_alterations_at_random_positions_abort(seed, bits):
     """Offsets to random words (value or MAC, low or high limb) or flipped bits anywhere in
-    a random message of a random party are caught, with no output."""
+    a random message of a random party are caught, with no output: over the whole ring and
+    with the ReLU narrowed to 20 bits."""
     rng = np.random.default_rng(seed)
     party = int(rng.integers(N))
-    index = int(rng.integers(_counts()[party]))
+    index = int(rng.integers(_counts(bits)[party]))
     mode = ["add", "flip"][seed % 2]
     tamper = Tamper(party, index, mode=mode, delta=int(rng.integers(1, 1 << 62)),
                     position=int(rng.integers(1 << 30)), bit=int(rng.integers(8)))
-    program = Program()
+    program = Program(bits)
     with pytest.raises(CheatingDetected):
         run(SCHEME, program, hook=tamper, timeout=20)
     assert len(tamper.fired) == 1 and program.outputs == []

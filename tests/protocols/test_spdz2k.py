@@ -326,3 +326,15 @@ def test_products_of_public_and_secret(op):
                                            else secret(p, a, 1) @ a)])
     with np.errstate(over="ignore"):
         assert np.array_equal(got[0], op(a, a))
+
+
+def test_a_narrowed_comparison_deals_shorter_dcf_keys():
+    """2 parties: the keys of a comparison narrowed to 39 bits (a model with 24 fractional
+    bits) have 39 levels instead of 63, so the dealer sends and each party evaluates 39/63
+    of the correction words; with 3 parties (the carry tree) nothing changes."""
+    full = material.common_words(Request("relu", (640,)), 2)
+    narrow = material.common_words(Request("relu", (640,), bits=39), 2)
+    assert narrow < 0.7 * full
+    assert material.dcf_width(Request("ltz", (3,), bits=1)) == 63  # one bit: left whole
+    three = [material.correction_words(Request("relu", (640,), bits=b), 3) for b in (39, 63)]
+    assert three[0] == three[1]

@@ -69,6 +69,23 @@ def test_any_altered_message_aborts_with_no_output(scheme, n_parties, party, ind
 
 
 @over_schemes(ACTIVE)
+def test_altered_messages_of_a_narrowed_comparison_abort(scheme, n_parties):
+    """A ReLU narrowed to 24 bits (fewer bit planes and gates in rep4 and replicated_mac)
+    is checked like the full one: two altered messages of every party, drawn at random,
+    each abort with no output."""
+    reports = run(scheme, TamperProgram(24), n_parties=n_parties)[:n_parties]
+    assert np.all(np.abs(reports[0].result.view(np.int64) - tamper_expected()) <= 1)
+    rng = np.random.default_rng(len(scheme) + n_parties)
+    for party, count in enumerate(honest_message_counts(reports)):
+        for index in rng.choice(count, size=2, replace=False):
+            program = TamperProgram(24)
+            tamper = Tamper(party, int(index), delta=1 + int(index) % 250)
+            with pytest.raises(CheatingDetected):
+                run(scheme, program, n_parties=n_parties, hook=tamper, timeout=20)
+            assert len(tamper.fired) == 1 and program.outputs == []
+
+
+@over_schemes(ACTIVE)
 def test_flipping_a_high_bit_aborts(scheme, n_parties):
     counts = honest_counts(scheme, n_parties)
     for party in range(n_parties):
