@@ -15,7 +15,7 @@ from pathlib import Path
 
 import experiments.benchmarks as benchmarks_pkg
 
-ORDER = ["ring", "prg", "transport", "protocols", "network", "architectures"]
+ORDER = ["ring", "prg", "transport", "protocols", "network", "side_by_side", "architectures"]
 
 
 def _sections() -> list[str]:

@@ -14,6 +14,7 @@ import statistics
 
 import numpy as np
 
+from experiments.benchmarks._reference import machine_unit
 from experiments.benchmarks._timing import median_seconds, table
 from experiments.models import reference_cnn
 from nn.emulator import emulate
@@ -87,6 +88,7 @@ def run(quick: bool) -> str:
     module = reference_cnn(8).eval()
     model, _ = from_torch(module, (1, 40, 350))
     rng = np.random.default_rng(0)
+    unit_before = machine_unit()
     batches = (1, 8) if quick else (1, 8, 32)
     repeats = 2 if quick else 5
     rows, profile = [], ""
@@ -119,6 +121,7 @@ def run(quick: bool) -> str:
                 path = f", {entry.comparison}" if entry.comparison else ""
                 rows.append([batch, f"{scheme} ({n}P{path})", transport,
                              f"{on / batch * 1e3:.1f}", f"{min(online) / batch * 1e3:.1f}",
+                             f"{on / batch / unit_before:.2f}",
                              f"{statistics.median(offline) / batch * 1e3:.1f}",
                              f"{statistics.median(setup) * 1e3:.0f}", result.online_rounds,
                              "/".join(f"{b / batch / 1e6:.2f}"
@@ -129,9 +132,11 @@ def run(quick: bool) -> str:
         if batch == 1:
             emulator_batch1 = emu_s
         rows.append([batch, "plaintext torch (float32)", "-", f"{torch_s / batch * 1e3:.2f}",
-                     "", "", "", "", "", "", "1x", "", ""])
+                     "", f"{torch_s / batch / unit_before:.3f}", "", "", "", "", "", "1x", "",
+                     ""])
         rows.append([batch, "plaintext emulator (fixed point)", "-",
-                     f"{emu_s / batch * 1e3:.1f}", "", "", "", "", "", "", "", "1x", ""])
+                     f"{emu_s / batch * 1e3:.1f}", "", f"{emu_s / batch / unit_before:.2f}", "",
+                     "", "", "", "", "", "1x", ""])
     target_rows = []
     for scheme, target in TARGETS.items():
         if (scheme, "tcp", 1) not in measured:
@@ -153,7 +158,9 @@ def run(quick: bool) -> str:
     targets = ("\n### Targets (issue 11): batch 1, TCP+TLS, online ms per clip\n\n"
                + table(["scheme", "target", "measured", "status", "where the time goes"],
                        target_rows))
-    header = ["batch", "scheme", "transport", "online ms/clip (median)", "min", "offline ms/clip",
+    unit_after = machine_unit()
+    header = ["batch", "scheme", "transport", "online ms/clip (median)", "min",
+              "online / machine unit", "offline ms/clip",
               "setup ms (per model)", "rounds", "online MB/clip sent per party",
               "offline MB/clip sent per party", "vs torch", "vs emulator", "labels = torch"]
     return (f"## Reference CNN end to end\n\nMachine: {cpu_model()}, 2 cores. Per clip: the "
@@ -163,7 +170,10 @@ def run(quick: bool) -> str:
             "offline is preprocessing (dealer, or helper P2 "
             "in the replicated scheme); setup is the model owner sharing the weights, once per "
             "model, before any clip exists. Bytes are frame bytes (TLS adds its own framing). "
-            "Parties run one numba thread each (they share the 2 cores).\n\n"
+            "Parties run one numba thread each (they share the 2 cores). The machine unit "
+            f"(a fixed plaintext workload, `experiments/benchmarks/_reference.py`) took "
+            f"{unit_before * 1e3:.1f} ms before this section and {unit_after * 1e3:.1f} ms "
+            "after: figures on another day compare as multiples of it.\n\n"
             + table(header, rows) + targets
             + "\n### Where the time goes: replicated (3PC passive), TCP+TLS, batch 1\n\n"
             "Wall time of each layer, the client's (P0's) local work, and each party's time "
