@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     args = parser.parse_args(argv)
     names = [n for n in _sections() if not args.only or n in args.only]
+    # register every scheme's and the inference's preload before any section launches
+    # parties: the fork server keeps what it loaded when the first launch started it
+    import nn.inference  # noqa: F401
+    import protocols.run  # noqa: F401
     parts = [
         "# Benchmarks\n",
         f"Command: `make bench` (`python -m experiments.bench`), run {time.strftime('%Y-%m-%d')} "

@@ -11,11 +11,10 @@ TLS's cipher, through `cryptography`), and Python-level dispatch.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from experiments.benchmarks._timing import median_seconds
 
 _KEY, _NONCE = bytes(range(16)), bytes(16)
 
@@ -36,10 +35,4 @@ def _workload() -> int:
 
 def machine_unit(repeats: int = 9) -> float:
     """Median seconds of the fixed workload (one warm-up run first)."""
-    _workload()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _workload()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(_workload, repeats=repeats, warmup=1)

@@ -261,8 +261,8 @@ def test_ltz_and_relu_are_exact(scheme, n_parties, drawn):
         assert np.array_equal(i64(relu_m), np.maximum(values[:10], 0).reshape(2, 5))
 
 
-@every_scheme_once
-@settings(max_examples=5, deadline=None)
+@every_scheme
+@settings(max_examples=6, deadline=None)
 @given(bits=st.integers(1, 63), data=st.data())
 def test_narrowed_ltz_and_relu_are_exact_on_their_range(scheme, n_parties, bits, data):
     """`ltz(x, bits)` promises [x < 0] for every x in [-2^bits, 2^bits), the ends included

@@ -12,20 +12,15 @@ import numpy as np
 import pytest
 from conftest import (
     DEFAULT_SCHEME_PARTIES,
-    EXAMPLES,
     MASKED_SCHEME_PARTIES,
     ROUNDS,
     assert_same_and_uniform,
     busiest_rounds,
-    i64,
     over_schemes,
-    reveal_all,
     run_secure,
     secret,
     transcripts,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 from protocols.preprocessing.correlations import FULL_BITS, Request, correction_words
 
@@ -64,26 +59,6 @@ def test_a_layer_of_comparisons_costs_the_rounds_of_one(scheme, n_parties):
 
 
 # -- comparisons narrowed to [-2^bits, 2^bits) ---------------------------------------------------
-
-@over_schemes(MASKED_SCHEME_PARTIES)
-@EXAMPLES
-@given(bits=st.integers(1, FULL_BITS), data=st.data())
-def test_a_narrowed_comparison_is_exact_on_its_range(scheme, n_parties, bits, data):
-    """ltz and relu over `bits` bits give [x < 0] and max(x, 0) for every x in [-2^bits,
-    2^bits), the ends included."""
-    low, high = -(1 << bits), (1 << bits) - 1
-    drawn = data.draw(st.lists(st.integers(low, high), min_size=1, max_size=50))
-    values = np.array(drawn + [low, high, low + 1, high - 1, -1, 0], dtype=np.int64)
-
-    def program(p):
-        x = secret(p, values, 0)
-        return reveal_all(x.ltz(bits)), reveal_all(x.relu(bits))
-
-    for report in run_secure(scheme, n_parties, program):
-        ltz, relu = report.result
-        assert np.array_equal(ltz, (values < 0).astype(np.uint64))
-        assert np.array_equal(i64(relu), np.maximum(values, 0))
-
 
 @over_schemes([pair for pair in MASKED_SCHEME_PARTIES if pair in DEFAULT_SCHEME_PARTIES])
 @pytest.mark.parametrize(("bits", "fewer"), [(39, 0), (32, 1), (16, 2), (2, 5)])
