@@ -110,7 +110,7 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
            rounds=_rounds(input=0, reveal=1, again=1, product=1, trunc=1, ltz=7, relu=7)),
     Scheme("protocols.schemes.spdz2k:Spdz2k", "2PC active (dealer)",
            "all but one compute party may deviate (abort on cheating); the dealer is trusted",
-           "2PC active with a dealer (about 0.5 s online and 5 s of dealing per clip)",
+           "2PC active with a dealer (about 0.4 s online and 2-3 s of dealing per clip)",
            active=True, batchable=False, max_bench_batch=1, comparison="DCF comparisons",
            rounds=_rounds(input=1, reveal=11, again=10, product=1, trunc=1, ltz=1, relu=2)),
     Scheme("protocols.schemes.replicated:Replicated", "3PC passive",

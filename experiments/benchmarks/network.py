@@ -37,15 +37,15 @@ WHY = {
             "thirds of it in ReLU: joint input of both bit decompositions, a 63-plane "
             "generate AND and a 6-level carry tree (9 rounds), every AND a product of six "
             "jointly input pair sums, every received word hashed for the redundancy check.",
-    "spdz2k": "2-party comparisons evaluate a DCF key per value (63 levels of fixed-key AES "
+    "spdz2k": "2-party comparisons evaluate a DCF key per value (39 levels of fixed-key AES "
               "and a numba pass each): about 1 us per compared value and party, two "
               "parties sharing two cores.",
-    "replicated_mac": "no dealer and no fourth party: each ReLU is a 243-gate binary circuit "
-                      "(34M AND gates a clip, one bit each), every gate verified at the "
-                      "check by sacrificing 3 random triples (~10 more bits a gate, ~0.3 s of "
-                      "CPU a party), and each result bit is brought back to the MAC'd ring "
+    "replicated_mac": "no dealer and no fourth party: each ReLU is a binary circuit (243 "
+                      "gates over the whole ring, 152 at 39 bits; ~20M AND gates a clip), "
+                      "every gate verified at the check by sacrificing 3 random triples "
+                      "(~10 more bits a gate, ~0.3 s of CPU a party), and each result bit is brought back to the MAC'd ring "
                       "with 5 authenticated 128-bit products (3 bits per truncated value): "
-                      "~100 MB a party, three processes on two cores.",
+                      "~90 MB a party, three processes on two cores.",
 }
 #: Why the secure run is more than 10x the emulator (issue 11's second 3PC target).
 WHY_EMULATOR = ("the emulator is one process computing each layer once in fixed point; the "
