@@ -44,8 +44,9 @@ WHY = {
                       "gates over the whole ring, 152 at 39 bits; ~20M AND gates a clip), "
                       "every gate verified at the check by sacrificing 3 random triples "
                       "(~10 more bits a gate, ~0.3 s of CPU a party), and each result bit "
-                      "is brought back to the MAC'd ring with 5 authenticated 128-bit products (3 bits per truncated value): "
-                      "~90 MB a party, three processes on two cores.",
+                      "is brought back to the MAC'd ring with 5 authenticated 128-bit "
+                      "products (3 bits per truncated value): ~90 MB a party, three processes "
+                      "on two cores.",
 }
 #: Why the secure run is more than 10x the emulator (issue 11's second 3PC target).
 WHY_EMULATOR = ("the emulator is one process computing each layer once in fixed point; the "
