@@ -42,10 +42,8 @@ def preload(*modules: str) -> None:
 def party_context() -> BaseContext:
     """The multiprocessing context whose processes are forks of the server (started here
     if it is not running)."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(list(_PRELOAD))
     start_server()
-    return ctx
+    return multiprocessing.get_context("forkserver")
 
 
 def start_server() -> None:

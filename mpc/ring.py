@@ -362,7 +362,6 @@ def warmup(threads: int | None = None) -> None:
     """
     if threads is not None:
         set_threads(threads)
-    load_serial_kernels()
     small = np.ones((2, 3), dtype=np.uint64)
     matmul64(small, small.T)
     big = np.ones((64, 256), dtype=np.uint64)

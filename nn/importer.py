@@ -379,8 +379,8 @@ def choose_frac_bits(ranges: list[_Range]) -> tuple[int, str]:
 def _check_compared_values(model: SecureModel, outputs: dict[int, np.ndarray],
                            where: list[str]) -> None:
     """Refuse a model whose comparisons would leave their width on the probes: every layer's
-    output may be compared (a ReLU, a max pool, the argmax over the logits), as itself or as
-    the difference of two, within [-2^bits, 2^bits) (`nn.layers.comparison_bits`)."""
+    output may be compared (by a ReLU, or the argmax over the logits), as itself or as the
+    difference of two, within [-2^bits, 2^bits) (`nn.layers.comparison_bits`)."""
     f = model.fixed.frac_bits
     bits = L.comparison_bits(f)
     for layer, index in zip(model.layers, model.torch_index, strict=True):

@@ -40,7 +40,7 @@ def comparison_bits(frac_bits: int) -> int:
     model whose layer outputs do not fit on the probes (`nn.importer.validate`). Where a
     scheme narrows its comparisons, this cuts their AND gates and mask bits by f / 63: 38 %
     at f = 24. Max pools compare all 64 bits: a padded window holds -2^31."""
-    return min(FULL_BITS, 63 - frac_bits)
+    return FULL_BITS - frac_bits
 
 
 @dataclass

@@ -27,6 +27,13 @@ MSB = np.uint64(63)
 FULL_BITS = 63
 
 
+def circuit_width(bits: int) -> int:
+    """The width a bit circuit narrowed to `bits` runs over: `bits`, except that one bit is
+    left whole (a one-bit carry tree has no level to save, and the binary circuits need at
+    least two low bits)."""
+    return bits if 2 <= bits < FULL_BITS else FULL_BITS
+
+
 @dataclass(frozen=True)
 class Request:
     """One item of preprocessing: `kind` in {"triple", "trunc", "ltz", "relu", "mask",

@@ -50,7 +50,7 @@ from mpc.prg import KEY_BYTES, PRG
 from mpc.ring import LOW63
 from protocols.blocks import dcf, ring128_ops
 from protocols.clear import Planner
-from protocols.preprocessing.correlations import Request
+from protocols.preprocessing.correlations import Request, circuit_width
 
 FREE, KNOWN, DEP = "free", "known", "dep"
 #: The 2-party comparison's DCF: inputs c mod 2^63, payload (beta, alpha_mac * beta).
@@ -125,7 +125,7 @@ def dcf_width(request: Request) -> int:
     """The bits a comparison's DCF keys cover: the request's width when narrowed (values in
     [-2^bits, 2^bits) are compared through bit `bits` of x + 2^bits), all 63 low bits
     otherwise; one bit is left whole (its key would have no level to save)."""
-    return request.bits if 2 <= request.bits < DCF_BITS else DCF_BITS
+    return circuit_width(request.bits)
 
 
 def common_words(request: Request, n_parties: int) -> int:
@@ -205,8 +205,8 @@ def correction_words(request: Request, n_parties: int) -> int:
 def dcf_payload(r_low: np.ndarray, alpha: np.ndarray, width: int = DCF_BITS) -> np.ndarray:
     """(4, N) payload of the comparison's DCF: beta = 1 - 2 r_k mod 2^128 and alpha * beta,
     for the low limbs r_low (N,) of the masks, the MAC key alpha (2,) and k = `width`."""
-    r63 = (r_low >> np.uint64(width)) & np.uint64(1)
-    beta = r128.interleave((np.uint64(1) - np.uint64(2) * r63)[None], (np.uint64(0) - r63)[None])
+    r_k = (r_low >> np.uint64(width)) & np.uint64(1)
+    beta = r128.interleave((np.uint64(1) - np.uint64(2) * r_k)[None], (np.uint64(0) - r_k)[None])
     return np.concatenate([beta, r128.mul(alpha.reshape(2, 1), beta)])
 
 

@@ -106,7 +106,7 @@ from protocols import external
 from protocols.base import BilinearOp, Protocol, as_ring
 from protocols.blocks import binary_rep3, bitslice
 from protocols.ops import Mul
-from protocols.preprocessing.correlations import FULL_BITS, Request
+from protocols.preprocessing.correlations import FULL_BITS, Request, circuit_width
 
 N = 4
 ARITH, BOOL = "arith", "bool"
@@ -579,7 +579,7 @@ class Rep4(Protocol):
         AND gates, one round less each time k halves)."""
         me = self.party_id
         n = x.shape[1]
-        k = bits if 2 <= bits < FULL_BITS else FULL_BITS  # one bit has no tree to narrow
+        k = circuit_width(bits)
         y = x if k == FULL_BITS else self.add_public(x, np.uint64(1 << k))
         words = bitslice.words_for(n)
         planes = (k + 1) * words

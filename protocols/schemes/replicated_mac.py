@@ -113,7 +113,7 @@ from protocols.base import BilinearOp, Protocol, as_ring
 from protocols.blocks import binary_rep3, bitslice, ring128_ops
 from protocols.blocks.binary_rep3 import BinaryRep3, carry_out, majority
 from protocols.ops import Mul
-from protocols.preprocessing.correlations import FULL_BITS, Request
+from protocols.preprocessing.correlations import FULL_BITS, Request, circuit_width
 
 U64 = np.uint64
 ONE = U64(1)
@@ -440,10 +440,11 @@ class ReplicatedMac(r128.Ring128Linear, Protocol):
     def _sign(self, x: np.ndarray, step: str, bits: int = FULL_BITS) -> np.ndarray:
         """The binary [x < 0] (2, W) for x in [-2^bits, 2^bits): over the whole ring the top
         bit of x; narrowed, NOT bit `bits` of y = x + 2^bits (module notes)."""
-        if bits >= FULL_BITS or bits < 2:  # one bit has no carry tree to narrow
+        k = circuit_width(bits)
+        if k == FULL_BITS:
             return self._bit(x, FULL_BITS, step)
-        y = self.add_public(x, U64(1 << bits))
-        return binary_rep3.xor_public(self._bit(y, bits, step), _ALL_ONES, self.party_id)
+        y = self.add_public(x, U64(1 << k))
+        return binary_rep3.xor_public(self._bit(y, k, step), _ALL_ONES, self.party_id)
 
     def _bit(self, x: np.ndarray, k: int, step: str) -> np.ndarray:
         """The binary bit k (2, W) of x_0 + x_1 + x_2 mod 2^64 (8 rounds for k = 63): a

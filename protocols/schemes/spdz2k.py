@@ -351,7 +351,7 @@ class Spdz2k(r128.Ring128Linear, Protocol):
         (c,) = self.open([self.add(y, m["r"])])
         ck = (c >> U64(k)) & ONE
         # shares of w * (1 - 2 r_k), w = [c_low < r_low] over the k low bits, value and MAC
-        wb = dcf.eval(self.party_id, m["dcf"], c & (LOW63 if not narrowed else U64((1 << k) - 1)))
+        wb = dcf.eval(self.party_id, m["dcf"], c & U64((1 << k) - 1))
         u = r128.add(m["r_msb"], wb)  # r_k xor w
         bit = self.add_public(r128.mul_public(u, ONE - U64(2) * ck), ck)
         return self.add_public(self.neg(bit), ONE) if narrowed else bit
